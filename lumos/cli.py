@@ -1,0 +1,49 @@
+"""`lumos` command line: a thin layer over the Python API.
+
+Each subcommand lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int`;
+this file only maps names to modules (imported lazily, so `lumos --help` is fast). A `LumosError`
+(bad input) is printed as one line `lumos: error: ...` with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lumos.utils import LumosError
+
+COMMANDS = {
+    # name: (module, help)
+    "info": ("lumos.cli_info", "print a checkpoint's config and parameter count"),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lumos", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only import the module of the command being run (or all of them for --help).
+    wanted = [a for a in argv if not a.startswith("-")][:1]
+    modules = {}
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if not wanted or wanted[0] == name:
+            modules[name] = importlib.import_module(module)
+            modules[name].add_arguments(p)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except LumosError as e:
+        print(f"lumos: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lumos: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Small shared helpers: the user-facing error type and atomic file writes.
+
+Every file lumos writes goes through `atomic_write` / `atomic_dir`: written to a temporary name in the
+same folder, flushed, then renamed over the target, so a job killed at any moment leaves either the
+old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class LumosError(Exception):
+    """A problem with the user's input (file, flag, checkpoint). The CLI prints it as one line and
+    exits with code 2; the message names the problem and what to do."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """`with atomic_write(p) as f: f.write(...)`: the file appears at `p` only when the block ends
+    without an exception."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """`with atomic_dir(d) as tmp: write files into tmp`: the folder appears at `d` (replacing an
+    old one) only when the block ends without an exception. A leftover `.d.tmp-*` folder from a
+    killed job is never mistaken for a finished one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
