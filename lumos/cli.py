@@ -15,7 +15,8 @@ from lumos.utils import LumosError
 
 COMMANDS = {
     # name: (module, help)
-    "info": ("lumos.cli_info", "print a checkpoint's config and parameter count"),
+    "tokenize": ("lumos.pretokenize", "pre-tokenize media + captions into sharded token records"),
+    "train-tokenizer": ("lumos.train_tokenizer", "train the built-in causal video tokenizer"),
 }
 
 
