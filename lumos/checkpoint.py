@@ -1,0 +1,142 @@
+"""Model checkpoints in the format the authors publish (HF Chameleon layout).
+
+A checkpoint directory holds `config.json` (`model_type: chameleon`, `mm_rope: true`, sizes) and the
+weights as `model.safetensors`, or as shards `model-0000k-of-0000n.safetensors` listed in
+`model.safetensors.index.json` (`{"metadata": {"total_size"}, "weight_map": {key: file}}`). Keys are
+HF names (`model.layers.3.self_attn.q_proj.weight`, `lm_head.weight`, ...). `model.vqmodel.*` (the
+unused Chameleon VQ-GAN) is ignored. bf16 and fp32 files both load.
+
+Loading builds the model on the meta device and assigns the file's tensors, so a 3B model is never
+initialised twice. Any missing key, unexpected key, or shape mismatch is one `LumosError` naming the
+key. Pickle files (`pytorch_model.bin`) are only read with `torch.load(weights_only=True)`, which
+refuses anything but tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lumos.config import ModelConfig
+from lumos.utils import LumosError, atomic_dir
+
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+PICKLES = ("pytorch_model.bin", "model.bin", "model.pt", "pytorch_model.bin.index.json")
+IGNORED_PREFIXES = ("model.vqmodel.",)
+
+
+def read_config(path: Path) -> ModelConfig:
+    f = path / CONFIG
+    if not f.is_file():
+        raise LumosError(f"{path}: no {CONFIG}; a Lumos checkpoint folder has config.json and *.safetensors")
+    try:
+        hf = json.loads(f.read_text())
+        return ModelConfig.from_hf_config(hf)
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+        msg = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        raise LumosError(f"{f}: not a usable Lumos-1 config ({msg})") from None
+
+
+def _load_pickle(f: Path) -> dict:
+    try:
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for anything that is not plain tensors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LumosError(f"{f}: refused: pickle files are only read with weights_only=True and this one holds "
+                         f"more than tensors ({first}); convert it to safetensors with a trusted tool") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise LumosError(f"{f}: not a state dict of tensors")
+    return sd
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder (safetensors preferred; pickles only with weights_only)."""
+    try:
+        if (path / INDEX).is_file():
+            index = json.loads((path / INDEX).read_text())
+            files = sorted(set(index["weight_map"].values()))
+            sd = {}
+            for name in files:
+                if not (path / name).is_file():
+                    raise LumosError(f"{path / name}: shard listed in {INDEX} is missing; re-download the checkpoint")
+                sd.update(load_file(path / name))
+            return sd
+        if (path / SINGLE).is_file():
+            return load_file(path / SINGLE)
+    except SafetensorError as e:
+        raise LumosError(f"{path}: corrupt safetensors file ({e}); re-download or re-save the checkpoint") from None
+    except (json.JSONDecodeError, KeyError) as e:
+        raise LumosError(f"{path / INDEX}: malformed index ({e})") from None
+    for name in PICKLES:
+        if (path / name).is_file() and name.endswith((".bin", ".pt")):
+            return _load_pickle(path / name)
+    raise LumosError(f"{path}: no {SINGLE} or {INDEX} found")
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
+    """Drop ignored keys; raise one clear error for a missing/unexpected key or a wrong shape."""
+    expected = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise LumosError(f"{where}: missing weight {missing[0]!r}{more}; the checkpoint does not match its config.json")
+    unexpected = [k for k in sd if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise LumosError(f"{where}: unexpected weight {unexpected[0]!r}{more}; is this a Lumos-1 checkpoint?")
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise LumosError(f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, the config expects "
+                             f"{tuple(v.shape)}")
+    return sd
+
+
+def load_pretrained(path, device=None, dtype=None):
+    """Build a `LumosModel` from a checkpoint folder. dtype None keeps the file's dtype."""
+    from lumos.model import LumosModel
+
+    path = Path(path)
+    if not path.is_dir():
+        raise LumosError(f"{path}: no such checkpoint folder")
+    cfg = read_config(path)
+    with torch.device("meta"):
+        model = LumosModel(cfg)
+    sd = check_state_dict(model, read_weights(path), path)
+    sd = {k: v.to(device=device or "cpu", dtype=dtype or v.dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def save_pretrained(model, path, dtype=torch.bfloat16, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `config.json` + safetensors (sharded above `max_shard_bytes`, with the HF index) atomically:
+    the folder appears complete or not at all."""
+    path = Path(path)
+    sd = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    shards, cur, size = [], {}, 0
+    for k, v in sd.items():
+        n = v.numel() * v.element_size()
+        if cur and size + n > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k] = v
+        size += n
+    shards.append(cur)
+    with atomic_dir(path) as tmp:
+        (tmp / CONFIG).write_text(json.dumps(model.config.to_hf_config(), indent=2) + "\n")
+        if len(shards) == 1:
+            save_file(shards[0], tmp / SINGLE, metadata={"format": "pt"})
+            return
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, tmp / name, metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(v.numel() * v.element_size() for v in sd.values())
+        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))

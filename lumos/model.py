@@ -1,0 +1,306 @@
+"""The Lumos-1 transformer: a Chameleon/Llama decoder over one vocabulary of text and video tokens.
+
+Architecture (spec `lumos1.md` §2, HF Chameleon parameter names so checkpoints load as they are):
+- token embedding -> N x Block -> RMSNorm -> untied lm_head; no weight tying, no biases by default;
+- Block: pre-norm RMSNorm (fp32 statistics) around attention and a SwiGLU MLP, or with `swin_norm`
+  the norm applied to the attention/MLP *output* before the residual add (Chameleon-30B style);
+- attention: grouped-query attention; QK-norm = LayerNorm over head_dim (eps 1e-5, no affine inside)
+  followed by a per-head affine of shape [qk_norm_groups, head_dim] repeat-interleaved over the heads;
+  applied to q and k before RoPE;
+- RoPE: MM-RoPE tables computed once per forward from the token ids (`lumos.positions`), applied in
+  fp32 with the rotate-half convention;
+- attention mask: frame-causal (`lumos.masks`): causal, bidirectional inside a frame. SDPA with a
+  dense bool mask, or FlexAttention with a BlockMask (`attn_backend="flex"`).
+
+One forward serves training and cached inference:
+    logits = model(tokens)                                  # whole sequence, mask built from the tokens
+    model.setup_cache(batch, max_len)                       # preallocated static KV cache
+    logits = model(tokens_chunk, pos=pos_chunk, cache_pos=idx, mask=rows)  # chunk against the cache
+The model knows nothing of sampling, the tokenizers or distributed training (`lumos.parallelize`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lumos.config import ModelConfig
+from lumos.masks import frame_causal_block_mask, frame_causal_mask, frame_ids
+from lumos.positions import Positions, rope_cos_sin, rope_for
+
+
+# ---------------------------------------------------------------------------------------------- norms
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x):
+        # Statistics in fp32 (bf16 squares overflow/underflow), weight applied in the input dtype as HF does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class QKNorm(nn.Module):
+    """Chameleon QK-norm: LayerNorm statistics over head_dim, then a per-head affine whose parameters
+    `[groups, head_dim]` (groups = the checkpoint's model_parallel_size) are shared by consecutive heads."""
+
+    def __init__(self, head_dim: int, groups: int, n_heads: int):
+        super().__init__()
+        self.heads_per_group = n_heads // groups
+        self.weight = nn.Parameter(torch.empty(groups, head_dim))
+        self.bias = nn.Parameter(torch.empty(groups, head_dim))
+
+    def forward(self, x):  # x: (B, L, nh, hd)
+        x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
+        w = self.weight.repeat_interleave(self.heads_per_group, dim=0)        # (nh, hd)
+        b = self.bias.repeat_interleave(self.heads_per_group, dim=0)
+        return x * w + b
+
+
+# ---------------------------------------------------------------------------------------------- rope
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, nh, L, hd); cos/sin: (B, L, hd) fp32. Rotation in fp32, result in x's dtype."""
+    xf = x.float()
+    cos, sin = cos[:, None], sin[:, None]                                    # (B, 1, L, hd)
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+_compiled_flex = None
+
+
+def flex_attention(q, k, v, block_mask):
+    """FlexAttention, compiled once per process. On CPU with autograd (no fused backward exists there)
+    the unfused math path of the same operator is used: correct, but it materialises the scores, so
+    train on CPU with attn_backend="sdpa"; this path is for checking the flex masks."""
+    from torch.nn.attention.flex_attention import flex_attention as _flex
+
+    gqa = q.shape[1] != k.shape[1]
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        from torch._higher_order_ops.flex_attention import flex_attention as flex_hop
+        from torch.nn.attention.flex_attention import _apply_kernel_options
+
+        if gqa:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        opts = _apply_kernel_options(q, k, v, True, None)
+        return flex_hop(q, k, v, lambda s, b, h, i, j: s, block_mask.as_tuple(), q.shape[-1] ** -0.5, opts)[0]
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(_flex, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+
+
+def attend(q, k, v, mask):
+    """q: (B, nh, Lq, hd); k, v: (B, nkv, Lk, hd); mask: dense bool (B, 1, Lq, Lk), a BlockMask, or
+    None (every key visible)."""
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        return flex_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+class KVCache(nn.Module):
+    """Static KV cache of one layer: preallocated (B, nkv, max_len, hd) buffers written by position
+    index (`index_copy_` with a position *tensor*: no host sync, compile/CUDA-graph friendly)."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos, k, v):  # pos: (L,), k/v: (B, nkv, L, hd)
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=cfg.attention_bias)
+        self.q_norm = QKNorm(hd, cfg.qk_norm_groups, cfg.n_heads)
+        self.k_norm = QKNorm(hd, cfg.qk_norm_groups, cfg.n_kv_heads)
+        self.head_dim = hd
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, mask, cache_pos=None):
+        B, L, _ = x.shape
+        hd = self.head_dim
+        # -1 for the head counts: tensor parallelism may shard them without a model change.
+        q = self.q_norm(self.q_proj(x).view(B, L, -1, hd))                  # (B, L, nh, hd)
+        k = self.k_norm(self.k_proj(x).view(B, L, -1, hd))                  # (B, L, nkv, hd)
+        v = self.v_proj(x).view(B, L, -1, hd)                               # (B, L, nkv, hd)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                    # (B, n, L, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_pos is not None:
+            k, v = self.kv_cache.update(cache_pos, k, v)                    # (B, nkv, max_len, hd)
+        y = attend(q, k, v, mask)                                           # (B, nh, L, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.swin_norm = cfg.swin_norm
+
+    def forward(self, x, cos, sin, mask, cache_pos=None):
+        if self.swin_norm:  # norm after the sublayer (the HF names keep their pre-norm meaning)
+            x = x + self.input_layernorm(self.self_attn(x, cos, sin, mask, cache_pos))
+            return x + self.post_attention_layernorm(self.mlp(x))
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """The `model.` prefix of the HF checkpoint: embeddings, blocks, final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+# ---------------------------------------------------------------------------------------------- model
+class LumosModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        # Only declares shapes: this runs under torch.device("meta") for big models; call
+        # init_weights() (or load a checkpoint with assign=True) afterwards.
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, device=None, dtype=None, seed: int | None = None) -> "LumosModel":
+        """Random initialisation (on `device`, in `dtype`), optionally seeded for reproducible tests."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.to_empty(device=device or "cpu")
+        if seed is None:
+            model.init_weights()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model.init_weights()
+        return model.to(dtype) if dtype is not None else model
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, dtype=None) -> "LumosModel":
+        from lumos.checkpoint import load_pretrained
+        return load_pretrained(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path, dtype=torch.bfloat16, max_shard_bytes: int = 5 * 2**30) -> None:
+        from lumos.checkpoint import save_pretrained
+        save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Every parameter's initialisation:
+        - embed_tokens, q/k/v/gate/up projections, lm_head: N(0, std)
+        - o_proj, down_proj (the residual-stream writers): N(0, std / sqrt(2 n_layers)) (GPT-2 scaling)
+        - biases: 0; RMSNorm weights: 1; QK-norm weight 1, bias 0."""
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def positions(self, tokens: torch.Tensor, start: torch.Tensor | None = None) -> Positions:
+        """Position ids of whole sequences `[B, L]` (left padding: `start` [B] = first real token)."""
+        c = self.config
+        return rope_for(tokens, c.vocab, c.rope_type, c.rope_scale, start=start)
+
+    def build_mask(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, backend: str | None = None):
+        """The frame-causal mask of whole sequences for the configured backend."""
+        fid = frame_ids(tokens, self.config.vocab)
+        if (backend or self.config.attn_backend) == "flex":
+            return frame_causal_block_mask(fid, valid)
+        return frame_causal_mask(fid, valid)
+
+    def setup_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None) -> None:
+        """Allocate a static KV cache for `batch` rows of up to `max_len` tokens in every layer."""
+        c = self.config
+        w = self.lm_head.weight
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = KVCache(batch, c.n_kv_heads, max_len or c.max_seq_len, c.head_dim,
+                                               dtype or w.dtype, device or w.device)
+
+    def clear_cache(self) -> None:
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = None
+
+    def head(self, h: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """Logits (fp32) from final hidden states; `rows` restricts to a vocabulary slice (e.g. the visual
+        codes), so full-vocabulary logits are never built when they are not needed."""
+        w = self.lm_head.weight if rows is None else self.lm_head.weight[rows]
+        return F.linear(h, w).float()
+
+    def num_params(self, embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if embeddings else n - self.model.embed_tokens.weight.numel()
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(self, tokens: torch.Tensor, pos: Positions | None = None, mask=None,
+                cache_pos: torch.Tensor | None = None, return_hidden: bool = False,
+                vocab_rows: slice | None = None) -> torch.Tensor:
+        """tokens: (B, L) int64.
+        pos: positions of these tokens; default: computed from `tokens` as a whole sequence.
+        mask: dense bool (B, 1, L, Lk) / BlockMask / None. Default without a cache: the frame-causal
+            mask of `tokens`; with a cache: every key up to the last written position (a frame being
+            decoded sees all history and itself).
+        cache_pos: (L,) positions to write in the KV cache (cached inference); None = no cache.
+        Returns fp32 logits (B, L, V) (or V' with `vocab_rows`), or final hidden states (B, L, D)."""
+        B, L = tokens.shape
+        c = self.config
+        if pos is None:
+            pos = self.positions(tokens)
+        cos, sin = rope_cos_sin(pos, c.head_dim, c.rope_theta, c.rope_type)     # (B, L, hd) fp32, once
+        if mask is None:
+            if cache_pos is None:
+                mask = self.build_mask(tokens)
+            else:
+                max_len = self.model.layers[0].self_attn.kv_cache.k.shape[2]
+                mask = (torch.arange(max_len, device=tokens.device) <= cache_pos[-1])[None, None, None]
+        x = self.model.embed_tokens(tokens)                                       # (B, L, D)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, cache_pos)
+        x = self.model.norm(x)
+        return x if return_hidden else self.head(x, vocab_rows)

@@ -1,0 +1,119 @@
+"""Shared test material: sequence builders, the official-records locator, and brute-force references
+written as plain loops straight from the spec (they share no code with lumos.positions / lumos.masks)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(os.environ.get("LUMOS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+OFFICIAL = SHARED_DATA / "official-records"
+
+
+def official_record(name: str) -> dict:
+    f = OFFICIAL / f"{name}.json.gz"
+    if not f.is_file():
+        pytest.skip(f"official records not available ({f})")
+    with gzip.open(f) as fh:
+        return json.load(fh)
+
+
+def t2v(vocab, n_text=7, frames=3, h=4, w=5, seed=0, duration=2, fps=8, complete=True):
+    rng = np.random.default_rng(seed)
+    text = rng.integers(1, min(vocab.text_vocab_size, 60), n_text)
+    codes = rng.integers(0, vocab.codebook_size, (frames, h, w))
+    return vocab.build_t2v(text, codes, duration=duration, fps=fps, complete=complete)
+
+
+# ------------------------------------------------------------------------------------------ references
+def ref_positions(tokens, vocab, scale=(4, 8, 8), offset=True):
+    """The spec's rule walked token by token: returns lists text, t, h, w, flag."""
+    tokens = [int(x) for x in tokens]
+    L = len(tokens)
+    text = list(range(L))
+    t, h, w, flag = [0] * L, [0] * L, [0] * L, [0] * L
+    i, frame, first = 0, -1, None
+    g = vocab.grid_per_size
+    while i < L:
+        if tokens[i] == vocab.frame_start and i + 2 < L:
+            frame += 1
+            rows = (tokens[i + 1] - vocab.size_base) * g
+            cols = (tokens[i + 2] - vocab.size_base) * g
+            if first is None:
+                first = i + 3
+            for r in range(rows):
+                for c in range(cols + 1):
+                    j = i + 3 + r * (cols + 1) + c
+                    if j < L:
+                        t[j], h[j], w[j], flag[j] = scale[0] * frame, scale[1] * r, scale[2] * c, 1
+            i += 3 + rows * (cols + 1)
+        else:
+            i += 1
+    p0 = first if (offset and first is not None) else 0
+    for j in range(L):
+        if flag[j]:
+            t[j] += p0
+            h[j] += p0
+            w[j] += p0
+    return text, t, h, w, flag
+
+
+def ref_mask(tokens, vocab):
+    """Dense frame-causal mask by nested loops: causal, plus both tokens inside the same
+    FRAME_START..FRAME_END segment."""
+    tokens = [int(x) for x in tokens]
+    L = len(tokens)
+    seg = [-1] * L
+    cur, k = -1, -1
+    for i, x in enumerate(tokens):
+        if x == vocab.frame_start:
+            k += 1
+            cur = k
+        seg[i] = cur
+        if x == vocab.frame_end:
+            cur = -1
+    m = np.zeros((L, L), bool)
+    for q in range(L):
+        for kv in range(L):
+            m[q, kv] = kv <= q or (seg[q] >= 0 and seg[q] == seg[kv])
+    return m
+
+
+def ref_axis(j: int) -> str:
+    """Axis of cos/sin channel j (0 <= j < head_dim) from the spec's index sets, groups of 16."""
+    o = j % 16
+    if o in (0, 1, 2, 3):
+        return "t"
+    if o in (4, 5, 8, 9, 12, 13):
+        return "h"
+    return "w"
+
+
+def ref_rope_angles(pos, head_dim, theta):
+    """Per-token, per-channel rotation angles [L, head_dim] (float64) for MM-RoPE."""
+    text, t, h, w, flag = pos
+    L = len(text)
+    out = np.zeros((L, head_dim))
+    for i in range(L):
+        for j in range(head_dim):
+            k = j % (head_dim // 2)
+            f = theta ** (-2 * k / head_dim)
+            if flag[i]:
+                p = {"t": t[i], "h": h[i], "w": w[i]}[ref_axis(j)]
+            else:
+                p = text[i]
+            out[i, j] = p * f
+    return out
+
+
+def cos_sin_from_angles(a):
+    return np.cos(a), np.sin(a)
+
+
+__all__ = ["official_record", "t2v", "ref_positions", "ref_mask", "ref_rope_angles", "math"]
