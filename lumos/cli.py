@@ -17,6 +17,9 @@ COMMANDS = {
     # name: (module, help)
     "tokenize": ("lumos.pretokenize", "pre-tokenize media + captions into sharded token records"),
     "train-tokenizer": ("lumos.train_tokenizer", "train the built-in causal video tokenizer"),
+    "train": ("lumos.train", "train a Lumos model (discrete diffusion with AR-DF)"),
+    "generate": ("lumos.generate", "generate images / videos from prompts, images or videos"),
+    "bench": ("lumos.bench", "time parallel (masked) decoding against next-token decoding"),
 }
 
 
