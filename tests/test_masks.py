@@ -96,3 +96,20 @@ def test_block_mask_skips_blocks_and_is_small():
     dense_blocks = torch.nn.functional.pad(allowed_blocks, (0, pad, 0, pad)).view(nb, 16, nb, 16).any(3).any(1)
     assert computed == int(dense_blocks.sum()) < nb * nb
     assert int(bm.full_kv_num_blocks.sum()) > 0
+
+
+def test_block_mask_for_a_384p_video_is_not_quadratic():
+    """The released 384p layout: prompt + 7 latent frames of 48x84 (~28.9k tokens). Every tensor of the
+    BlockMask is O((L/128)^2 + L); a dense mask would hold L^2 = 8.3e8 entries."""
+    v = Vocab.chameleon()
+    seq = v.build_t2v(np.arange(1, 280), np.zeros((7, 48, 84), np.int64), duration=2, fps=12)
+    L = len(seq)
+    assert 28_800 < L < 29_000
+    fid = frame_ids(torch.as_tensor(seq)[None], v)
+    bm = frame_causal_block_mask(fid)
+    held = sum(t.numel() for t in bm.as_tuple() if isinstance(t, torch.Tensor))
+    nb = -(-L // 128)
+    assert held <= 4 * nb * nb + 4 * nb and held < L * L / 1000
+    # ~57% of the tiles are computed for 7 frames (the rest is skipped)
+    frac = float(bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum()) / (nb * nb)
+    assert 0.5 < frac < 0.6
