@@ -1,0 +1,212 @@
+"""`lumos generate`: images and videos from prompts; a thin command line over `lumos.pipeline.LumosPipeline`.
+
+    lumos generate --prompt "a red 3 moving left" --out red3.mp4 --seed 0
+    lumos generate --prompt "a red 3" --num-frames 1 --out red3.png                  # text-to-image
+    lumos generate --prompt "the digit moves up" --image first.png --out up.mp4      # image-to-video
+    lumos generate --prompt "..." --video start.mp4 --num-frames 33 --out more.mp4   # continuation
+    lumos generate --prompts-file prompts.jsonl --out outputs/                       # one output per line
+    lumos generate --model ckpts/1B/stage-2-joint-384p --text-tokenizer ckpts/tokenizer/text_tokenizer.json \\
+        --video-tokenizer ckpts/Cosmos-Tokenizer-DV4x8x8 --prompt "..." --reference-compat
+
+`--model` is a pipeline folder or the name of a built-in model (default "moving-digits", shipped in
+lumos/assets/). A prompts file has one JSON object per line: {"prompt": ..., and optionally "image",
+"video" (paths relative to the file), "seed", "out" (relative to --out)}; the flags apply to every line.
+Next to each output (mp4, webm, gif, png, jpg) a JSON manifest with the same name records the prompt,
+seed, every setting, the model and the time taken. Bad input is one line on stderr and exit code 2,
+checked before anything is generated; outputs are written atomically (never a partial file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lumos.utils import LumosError, atomic_write_json
+
+OUT_EXTS = (".mp4", ".webm", ".gif", ".png", ".jpg", ".jpeg")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to generate")
+    src.add_argument("--prompt", help="the caption")
+    src.add_argument("--prompts-file", help="JSONL file: one {\"prompt\": ..., \"image\"?, \"video\"?, \"seed\"?, "
+                                            "\"out\"?} per line")
+    src.add_argument("--image", help="image-to-video: the first frame")
+    src.add_argument("--video", help="continuation: the beginning of the video")
+    src.add_argument("--out", help="output file (.mp4 .webm .gif .png .jpg); with --prompts-file, a folder "
+                                   "(default lumos-out.mp4 / lumos-out.png / lumos-out/)")
+    src.add_argument("--seed", type=int, help="random seed (default: a random one, written to the manifest)")
+    src.add_argument("--num-videos-per-prompt", type=int, default=1)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="moving-digits", help="pipeline folder or built-in model name")
+    m.add_argument("--text-tokenizer", help="text_tokenizer.json (default: the one in the model folder)")
+    m.add_argument("--video-tokenizer", help="video tokenizer folder (default: tokenizer/ in the model folder)")
+    m.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    m.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    s = p.add_argument_group("sampling (default: the model's pipeline.json)")
+    s.add_argument("--num-frames", type=int, help="frames of the video (1 = an image)")
+    s.add_argument("--height", type=int, help="pixels, a multiple of the tokenizer patch")
+    s.add_argument("--width", type=int, help="pixels, a multiple of the tokenizer patch")
+    s.add_argument("--fps", type=int)
+    s.add_argument("--num-inference-steps", type=int, help="refinement steps per latent frame")
+    s.add_argument("--guidance-scale", type=float, help="classifier-free guidance (0 or 1: off)")
+    s.add_argument("--history-mask-ratio", type=float, help="fraction of each finished frame masked in the cache")
+    s.add_argument("--temperature", type=float, help="code sampling temperature (0: argmax)")
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--remask-temperature", type=float, help="Gumbel noise scale of the confidences")
+    s.add_argument("--reference-compat", action="store_true", default=None,
+                   help="reproduce the released sampler's quirks exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@dataclass
+class Job:
+    prompt: str
+    image: str | None
+    video: str | None
+    seed: int
+    out: Path
+
+
+SAMPLING_FLAGS = ("num_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale",
+                  "history_mask_ratio", "temperature", "top_k", "top_p", "remask_temperature", "reference_compat")
+
+
+def check_flags(args) -> None:
+    """Range checks that need no model (the pipeline re-checks everything it is given)."""
+    positive = ("num_frames", "height", "width", "fps", "num_inference_steps", "top_k", "num_videos_per_prompt")
+    for name in positive:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise LumosError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for name in ("guidance_scale", "temperature", "remask_temperature"):
+        v = getattr(args, name)
+        if v is not None and not v >= 0:
+            raise LumosError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+    if args.history_mask_ratio is not None and not 0 <= args.history_mask_ratio <= 1:
+        raise LumosError(f"--history-mask-ratio must be in [0, 1], got {args.history_mask_ratio}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise LumosError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise LumosError("give exactly one of --prompt and --prompts-file")
+    if args.prompt is not None and not args.prompt.strip():
+        raise LumosError("--prompt is empty")
+    if args.image and args.video:
+        raise LumosError("give --image (image-to-video) or --video (continuation), not both")
+
+
+def _out_path(path: Path) -> Path:
+    if path.suffix.lower() not in OUT_EXTS:
+        raise LumosError(f"{path}: unsupported output type {path.suffix or '(none)'!r}; "
+                         f"use one of {', '.join(OUT_EXTS)}")
+    return path
+
+
+def _existing(path, base: Path | None, flag: str) -> str:
+    p = Path(path)
+    if base is not None and not p.is_absolute():
+        p = base / p
+    if not p.exists():
+        raise LumosError(f"{flag} {p}: no such file")
+    return str(p)
+
+
+def read_jobs(args) -> list[Job]:
+    """The work list: one job for --prompt, one per line of --prompts-file (all validated up front)."""
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    ext = ".png" if args.num_frames == 1 else ".mp4"
+    if args.prompt is not None:
+        out = _out_path(Path(args.out or f"lumos-out{ext}"))
+        image = _existing(args.image, None, "--image") if args.image else None
+        video = _existing(args.video, None, "--video") if args.video else None
+        return [Job(args.prompt, image, video, seed, out)]
+    f = Path(args.prompts_file)
+    if not f.is_file():
+        raise LumosError(f"--prompts-file {f}: no such file")
+    folder = Path(args.out or "lumos-out")
+    if folder.suffix.lower() in OUT_EXTS:
+        raise LumosError(f"--out {folder}: with --prompts-file, --out is a folder")
+    jobs = []
+    for i, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LumosError(f"{f}:{i}: not JSON ({e.msg})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or not d["prompt"].strip():
+            raise LumosError(f"{f}:{i}: expected an object with a non-empty \"prompt\"")
+        unknown = set(d) - {"prompt", "image", "video", "seed", "out"}
+        if unknown:
+            raise LumosError(f"{f}:{i}: unknown keys {sorted(unknown)} (known: prompt, image, video, seed, out)")
+        if d.get("image") and d.get("video"):
+            raise LumosError(f"{f}:{i}: give \"image\" or \"video\", not both")
+        image = d.get("image") or args.image
+        video = d.get("video") or args.video
+        jobs.append(Job(
+            prompt=d["prompt"],
+            image=_existing(image, f.parent if d.get("image") else None, f"{f}:{i}: image") if image else None,
+            video=_existing(video, f.parent if d.get("video") else None, f"{f}:{i}: video") if video else None,
+            seed=int(d.get("seed", seed + len(jobs))),
+            out=_out_path(folder / d["out"]) if d.get("out") else folder / f"{len(jobs):04d}{ext}"))
+    if not jobs:
+        raise LumosError(f"{f}: no prompts (expected one JSON object with a \"prompt\" per line)")
+    return jobs
+
+
+def read_inputs(job: Job):
+    """The job's image / video decoded to uint8 frames (LumosError for a file that is not one)."""
+    from lumos import media
+
+    image = media.read_image(job.image) if job.image else None
+    video = None
+    if job.video:
+        video, fps = media.read_media(job.video)
+        if fps is None:
+            raise LumosError(f"--video {job.video} is a still image; use --image for image-to-video")
+    return image, video
+
+
+def run(args) -> int:
+    from lumos import media
+    from lumos.pipeline import LumosPipeline, resolve_model
+
+    check_flags(args)
+    jobs = read_jobs(args)
+    # Decode every input before loading the model: a bad file fails in a second, not after minutes.
+    inputs = [read_inputs(j) for j in jobs]
+    model_dir = resolve_model(args.model)
+    pipe = LumosPipeline.from_pretrained(model_dir, text_tokenizer=args.text_tokenizer,
+                                         video_tokenizer=args.video_tokenizer, device=args.device,
+                                         dtype=DTYPES.get(args.dtype))
+    kwargs = {k: getattr(args, k) for k in SAMPLING_FLAGS}
+    # Every job's settings are checked (e.g. a resolution that is not a multiple of the patch) before any work.
+    settings = [pipe.settings(image=image, video=video, **kwargs) for image, video in inputs]
+    for job, (image, video), s in zip(jobs, inputs, settings):
+        generator = torch.Generator(device=pipe.device).manual_seed(job.seed)
+        t0 = time.perf_counter()
+        videos = pipe(job.prompt, image=image, video=video, generator=generator,
+                      num_videos_per_prompt=args.num_videos_per_prompt, progress=not args.no_progress, **kwargs)
+        seconds = time.perf_counter() - t0
+        videos = [videos] if args.num_videos_per_prompt == 1 else videos
+        for k, frames in enumerate(videos):
+            out = job.out if len(videos) == 1 else job.out.with_name(f"{job.out.stem}-{k}{job.out.suffix}")
+            media.write_video(out, frames, fps=s.fps)
+            atomic_write_json(out.with_suffix(".json"), {
+                "output": str(out), "prompt": job.prompt, "image": job.image, "video": job.video,
+                "seed": job.seed, "sample_index": k, "model": args.model, "model_path": str(model_dir),
+                "settings": s.to_dict(),
+                "frames": int(frames.shape[0]), "device": str(pipe.device),
+                "dtype": str(next(pipe.model.parameters()).dtype).replace("torch.", ""),
+                "time_s": round(seconds, 3)})
+            T, H, W, _ = frames.shape
+            print(f"wrote {out} ({T} frame{'s' if T != 1 else ''} of {W}x{H}, {seconds:.1f} s)")
+    return 0

@@ -1,0 +1,356 @@
+"""`LumosPipeline`: prompt (+ an image or a video) -> uint8 frames, in the diffusers style.
+
+    pipe = LumosPipeline.from_pretrained("lumos/assets/moving-digits")
+    video = pipe("a red 3 moving left", generator=torch.Generator().manual_seed(0))   # uint8 [T, H, W, 3]
+    image = pipe("a red 3", num_frames=1)                                             # uint8 [1, H, W, 3]
+    video = pipe("the digit moves up", image="first.png")                             # image-to-video
+    for frames in pipe.stream("a red 3 moving left"):                                 # uint8 [t, H, W, 3]
+        ...                                                   # the pixel frames of each latent frame, when done
+
+A pipeline folder holds the model checkpoint (`config.json` + safetensors, `lumos.checkpoint`),
+`text_tokenizer.json` (`lumos.text_tokenizer`), the video tokenizer in `tokenizer/`
+(`lumos.tokenizers.load_video_tokenizer`: Cosmos TorchScript files or the built-in VQ tokenizer) and
+optionally `pipeline.json` with defaults (`PipelineDefaults`). The released checkpoints keep the
+tokenizers elsewhere: pass `text_tokenizer=` / `video_tokenizer=` (paths or objects).
+
+The task follows from the arguments:
+- text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" and the video header has
+  duration 1, fps 1, as the released text-to-image evaluation does; guidance `image_guidance_scale` (16).
+- text-to-video: prompt `lumos.vocab.video_prompt(caption, width, height, num_frames, fps)`, duration
+  token round(num_frames / fps) (>= 1), fps token fps; latent frames by the tokenizer's causal rule.
+- image-to-video (`image=`): the image, resized and centre-cropped to width x height, encoded as the
+  first latent frame, part of the prompt. num_frames counts it.
+- continuation (`video=`): the given frames, cut to 1 + k_t j frames (whole latent frames of the causal
+  tokenizer), resized, encoded and put in the prompt; num_frames is the total length.
+Given frames enter the KV cache history-masked like generated ones (unmasked with reference_compat;
+see `lumos.sampling`). The output has exactly num_frames frames: the tokenizer decodes
+1 + k_t (t - 1) >= num_frames frames (24 requested at k_t = 4 -> 7 latent frames -> 25 decoded) and
+the tail is cut. Given frames come back as decoded from their codes (as the reference does), not as
+the input pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from lumos.sampling import SampleConfig, generate, iter_parallel, plan_generation
+from lumos.utils import LumosError
+from lumos.vocab import video_prompt
+
+TEXT_TOKENIZER_FILE = "text_tokenizer.json"
+VIDEO_TOKENIZER_DIR = "tokenizer"
+DEFAULTS_FILE = "pipeline.json"
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUILTIN_MODELS = ("moving-digits",)
+
+
+@dataclass
+class PipelineDefaults:
+    """What `pipe(...)` uses for arguments left as None (`pipeline.json` overrides these)."""
+    height: int = 384                  # pixels (released 384p: 672x384)
+    width: int = 672
+    num_frames: int = 24               # frames of the prompt ("24 frames at 12 fps" as released); 1 = image
+    fps: int = 12
+    num_inference_steps: int = 50      # refinement steps per latent frame
+    guidance_scale: float = 15.0       # CFG scale for videos (released: 15)
+    image_guidance_scale: float = 16.0  # CFG scale for text-to-image (released: 16)
+    history_mask_ratio: float = 0.7    # AR-DF inference-time masking of cached frames (released: 0.7)
+    temperature: float = 1.0           # code sampling temperature, 0 = argmax
+    top_k: int | None = None
+    top_p: float | None = None
+    remask_temperature: float = 1.0    # Gumbel scale of the confidences
+    reference_compat: bool = False     # reproduce the released sampler's quirks (lumos.sampling)
+
+    @classmethod
+    def from_file(cls, path) -> "PipelineDefaults":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise LumosError(f"{path}: cannot read pipeline defaults ({e})") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - known:
+            bad = sorted(set(d) - known) if isinstance(d, dict) else type(d).__name__
+            raise LumosError(f"{path}: unknown keys {bad}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class Settings:
+    """The arguments of one call with every default filled in (what the CLI writes to its manifest)."""
+    task: str                  # t2i | t2v | i2v | continuation
+    height: int
+    width: int
+    num_frames: int
+    fps: int
+    duration: int              # the duration token's value (s)
+    sample: SampleConfig
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(d.pop("sample"))
+        return d
+
+
+def resolve_model(name_or_path) -> Path:
+    """A built-in model name ("moving-digits" -> lumos/assets/moving-digits/) or a folder path."""
+    p = Path(name_or_path)
+    if p.exists():
+        if not p.is_dir():
+            raise LumosError(f"{p}: not a model folder (expected config.json, *.safetensors, tokenizers)")
+        return p
+    if str(name_or_path) in BUILTIN_MODELS:
+        folder = ASSETS / str(name_or_path)
+        if folder.is_dir():
+            return folder
+        raise LumosError(f"built-in model {str(name_or_path)!r} is not installed ({folder} is missing); "
+                         f"pass --model PATH to a pipeline folder")
+    raise LumosError(f"model {str(name_or_path)!r}: no such folder and not a built-in model "
+                     f"(built-in: {', '.join(BUILTIN_MODELS)})")
+
+
+def _load_text_tokenizer(path: Path):
+    if not path.is_file():
+        raise LumosError(f"{path}: text tokenizer not found; released checkpoints keep it elsewhere "
+                         f"(tokenizer/text_tokenizer.json on the hub): pass text_tokenizer= / --text-tokenizer")
+    from lumos.text_tokenizer import TextTokenizer   # lazy: only needed when loading from a folder
+    return TextTokenizer(path)
+
+
+def _load_video_tokenizer(path: Path, device):
+    if not path.is_dir():
+        raise LumosError(f"{path}: video tokenizer folder not found; pass video_tokenizer= / --video-tokenizer "
+                         f"(a Cosmos-Tokenizer-DV4x8x8 folder or one written by `lumos train-tokenizer`)")
+    from lumos.tokenizers import load_video_tokenizer
+    return load_video_tokenizer(path, device=device)
+
+
+class LumosPipeline:
+    def __init__(self, model, text_tokenizer, video_tokenizer, defaults: PipelineDefaults | None = None):
+        """model: a `LumosModel` (eval mode); text_tokenizer: `encode(str) -> ids` without BOS;
+        video_tokenizer: a `lumos.video_tokenizer.VideoTokenizer`."""
+        vocab = model.config.vocab
+        if video_tokenizer.codebook_size != vocab.codebook_size:
+            raise LumosError(f"the video tokenizer has {video_tokenizer.codebook_size} codes, the model's vocabulary "
+                             f"{vocab.codebook_size}: they were not trained together")
+        self.model = model.eval()
+        self.text_tokenizer = text_tokenizer
+        self.video_tokenizer = video_tokenizer
+        self.defaults = defaults or PipelineDefaults()
+
+    @classmethod
+    def from_pretrained(cls, path, text_tokenizer=None, video_tokenizer=None, device=None,
+                        dtype=None) -> "LumosPipeline":
+        """Load a pipeline folder. text_tokenizer / video_tokenizer: a path or an object replacing the
+        folder's own. device: default cuda when available; dtype: default bf16 on cuda, fp32 on cpu."""
+        from lumos.model import LumosModel
+
+        path = Path(path)
+        if not path.is_dir():
+            raise LumosError(f"{path}: no such pipeline folder")
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as e:
+            raise LumosError(f"device {device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LumosError("device cuda requested but no CUDA GPU is available (use --device cpu)")
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        defaults = PipelineDefaults.from_file(path / DEFAULTS_FILE) if (path / DEFAULTS_FILE).exists() else None
+        # Tokenizers first: a missing file should fail before a multi-GB model is read.
+        if text_tokenizer is None or isinstance(text_tokenizer, (str, Path)):
+            text_tokenizer = _load_text_tokenizer(Path(text_tokenizer or path / TEXT_TOKENIZER_FILE))
+        if video_tokenizer is None or isinstance(video_tokenizer, (str, Path)):
+            video_tokenizer = _load_video_tokenizer(Path(video_tokenizer or path / VIDEO_TOKENIZER_DIR), device)
+        model = LumosModel.from_pretrained(path, device=device, dtype=dtype)
+        return cls(model, text_tokenizer, video_tokenizer, defaults)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def patch(self) -> int:
+        """Pixels per size-token unit: height and width must be multiples of it."""
+        return self.video_tokenizer.spatial_compression * self.model.config.vocab.grid_per_size
+
+    # ------------------------------------------------------------------------------------------ settings
+    def settings(self, *, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
+                 num_inference_steps=None, guidance_scale=None, history_mask_ratio=None, temperature=None,
+                 top_k=None, top_p=None, remask_temperature=None, reference_compat=None) -> Settings:
+        """Fill in the defaults and check every argument (LumosError naming the bad one). Of `image` and
+        `video` only whether they are given matters here (it picks the task)."""
+        d = self.defaults
+        pick = lambda v, default: default if v is None else v                       # noqa: E731
+        num_frames, height, width = pick(num_frames, d.num_frames), pick(height, d.height), pick(width, d.width)
+        fps = pick(fps, d.fps)
+        task = "continuation" if video is not None else "i2v" if image is not None else (
+            "t2i" if num_frames == 1 else "t2v")
+        for name, v in (("num_frames", num_frames), ("height", height), ("width", width), ("fps", fps)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise LumosError(f"{name} must be a positive integer, got {v!r}")
+        if image is not None and video is not None:
+            raise LumosError("give an image (image-to-video) or a video (continuation), not both")
+        if task == "i2v" and num_frames < 2:
+            raise LumosError("image-to-video needs num_frames > 1 (the image is the first frame)")
+        p = self.patch
+        if height % p or width % p:
+            raise LumosError(f"resolution {width}x{height} is not a multiple of {p} px (tokenizer patch "
+                             f"{self.video_tokenizer.spatial_compression} x {self.model.config.vocab.grid_per_size} "
+                             f"latent rows per size token); try {max(p, round(width / p) * p)}x"
+                             f"{max(p, round(height / p) * p)}")
+        vocab = self.model.config.vocab
+        for name, v in (("height", height // p), ("width", width // p)):
+            if v > vocab.max_size:
+                raise LumosError(f"{name} is too large: {v} size units > {vocab.max_size} for this vocabulary")
+        duration, fps_token = (1, 1) if task == "t2i" else (max(1, round(num_frames / fps)), fps)
+        if max(duration, fps_token) > vocab.max_size:
+            raise LumosError(f"fps {fps_token} / duration {duration} s exceed the largest size token "
+                             f"({vocab.max_size})")
+        guidance = pick(guidance_scale, d.image_guidance_scale if task == "t2i" else d.guidance_scale)
+        sample = SampleConfig(
+            steps=pick(num_inference_steps, d.num_inference_steps), guidance_scale=float(guidance),
+            temperature=float(pick(temperature, d.temperature)), top_k=pick(top_k, d.top_k),
+            top_p=pick(top_p, d.top_p), remask_temperature=float(pick(remask_temperature, d.remask_temperature)),
+            history_mask_ratio=float(pick(history_mask_ratio, d.history_mask_ratio)),
+            reference_compat=bool(pick(reference_compat, d.reference_compat)))
+        return Settings(task=task, height=int(height), width=int(width), num_frames=int(num_frames),
+                        fps=int(fps_token), duration=int(duration), sample=sample)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _frames(self, media, what: str, s: Settings) -> np.ndarray:
+        """An image / video (path or uint8 array) -> uint8 [T, height, width, 3] (resized, centre-cropped)."""
+        from lumos import media as M
+
+        if isinstance(media, (str, Path)):
+            if what == "image":
+                frames = M.read_image(media)
+            else:
+                frames, src_fps = M.read_media(media)
+                if src_fps is None:
+                    raise LumosError(f"{media}: a still image was given as video=; use image= (image-to-video)")
+        else:
+            frames = media.detach().cpu().numpy() if isinstance(media, torch.Tensor) else np.asarray(media)
+            if what == "image" and frames.ndim == 3:
+                frames = frames[None]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+            raise LumosError(f"{what} must be uint8 {'[H, W, 3]' if what == 'image' else '[T, H, W, 3]'}, got "
+                             f"{frames.dtype} of shape {tuple(frames.shape)}")
+        if frames.shape[1:3] != (s.height, s.width):
+            frames = M.resize_center_crop(frames, (s.width, s.height))
+        return frames
+
+    def _given_codes(self, s: Settings, image, video) -> np.ndarray | None:
+        """Codes [G, h, w] of the frames given in the prompt (None for text-only tasks)."""
+        vt = self.video_tokenizer
+        if s.task == "i2v":
+            return np.asarray(vt.encode(self._frames(image, "image", s)[:1]))
+        if s.task == "continuation":
+            frames = self._frames(video, "video", s)
+            kt = vt.temporal_compression
+            keep = 1 + kt * ((len(frames) - 1) // kt)            # whole latent frames only
+            if vt.num_latent_frames(keep) >= vt.num_latent_frames(s.num_frames):
+                raise LumosError(f"the given video already covers {keep} frames; ask for more "
+                                 f"(num_frames={s.num_frames} is the total length)")
+            return np.asarray(vt.encode(frames[:keep]))
+        return None
+
+    def _prepare(self, prompt, image, video, num_videos_per_prompt, kwargs):
+        """Validate, tokenize, encode the given frames and lay out the batch (host-side work)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise LumosError("prompt must be a non-empty string or a list of non-empty strings")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise LumosError(f"num_videos_per_prompt must be a positive integer, got {num_videos_per_prompt!r}")
+        images = list(image) if isinstance(image, (list, tuple)) else [image] * len(prompts)
+        videos = list(video) if isinstance(video, (list, tuple)) else [video] * len(prompts)
+        if len(images) != len(prompts) or len(videos) != len(prompts):
+            raise LumosError(f"{len(prompts)} prompts but {len(images)} images / {len(videos)} videos")
+        if len({x is None for x in images}) > 1 or len({x is None for x in videos}) > 1:
+            raise LumosError("give an image (or a video) for every prompt of a batch or for none")
+        s = self.settings(image=images[0], video=videos[0], **kwargs)
+        vocab = self.model.config.vocab
+        vt = self.video_tokenizer
+        n_frames = 1 if s.task == "t2i" else s.num_frames
+        prefixes, given_n = [], 0
+        for caption, img, vid in zip(prompts, images, videos):
+            text = video_prompt(caption, s.width, s.height, n_frames, s.fps)
+            given = self._given_codes(s, img, vid)
+            try:
+                prefix = vocab.build(self.text_tokenizer.encode(text), given, duration=s.duration, fps=s.fps,
+                                     complete=False)
+            except ValueError as e:
+                raise LumosError(str(e)) from None
+            prefixes += [prefix] * num_videos_per_prompt
+            given_n = 0 if given is None else len(given)
+        latent = 1 if s.task == "t2i" else vt.num_latent_frames(s.num_frames)
+        k = vt.spatial_compression
+        plan = plan_generation(self.model, prefixes, latent - given_n, s.height // k, s.width // k, s.sample,
+                               device=self.device)
+        single = isinstance(prompt, str) and num_videos_per_prompt == 1
+        return s, plan, single
+
+    def _generator(self, generator):
+        """A generator on the model's device. A CPU generator drives a GPU run through a seed drawn from it."""
+        if generator is None or generator.device.type == self.device.type:
+            return generator
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _decode(self, codes: torch.Tensor, num_frames: int) -> np.ndarray:
+        """codes [t, h, w] -> uint8 [min(T', num_frames), H, W, 3]."""
+        frames = self.video_tokenizer.decode(codes.cpu())
+        return np.asarray(frames)[:num_frames]
+
+    # ------------------------------------------------------------------------------------------ calls
+    def __call__(self, prompt, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
+                 num_inference_steps=None, guidance_scale=None, history_mask_ratio=None, temperature=None,
+                 top_k=None, top_p=None, remask_temperature=None, reference_compat=None,
+                 generator: torch.Generator | None = None, num_videos_per_prompt: int = 1, progress: bool = True):
+        """Generate. Returns uint8 frames [T, H, W, 3] for one prompt (a str) and one video, else a list
+        of them (prompt-major: prompt 0 sample 0, prompt 0 sample 1, ...). Arguments left None take
+        `self.defaults`; `image` / `video` may be one input for all prompts or a list, one per prompt."""
+        s, plan, single = self._prepare(prompt, image, video, num_videos_per_prompt, dict(
+            num_frames=num_frames, height=height, width=width, fps=fps, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, history_mask_ratio=history_mask_ratio, temperature=temperature,
+            top_k=top_k, top_p=top_p, remask_temperature=remask_temperature, reference_compat=reference_compat))
+        out = generate(self.model, plan, s.sample, self._generator(generator), progress=progress)
+        videos = [self._decode(c, s.num_frames) for c in out.codes]
+        return videos[0] if single else videos
+
+    def stream(self, prompt, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
+               num_inference_steps=None, guidance_scale=None, history_mask_ratio=None, temperature=None,
+               top_k=None, top_p=None, remask_temperature=None, reference_compat=None,
+               generator: torch.Generator | None = None, num_videos_per_prompt: int = 1,
+               progress: bool = True) -> Iterator:
+        """Like `__call__`, but yields the new pixel frames as soon as each latent frame is done: uint8
+        [t, H, W, 3] (a list of them for a batch), first for the given frames (if any), then for each
+        generated latent frame. Concatenated, they equal `__call__`'s output for the same generator.
+
+        The causal tokenizer decodes a prefix of latent frames exactly, so each yield decodes the
+        latent frames so far and keeps the frames not yet yielded (quadratic in frames; a streaming
+        decoder with its own cache would make it linear)."""
+        s, plan, single = self._prepare(prompt, image, video, num_videos_per_prompt, dict(
+            num_frames=num_frames, height=height, width=width, fps=fps, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, history_mask_ratio=history_mask_ratio, temperature=temperature,
+            top_k=top_k, top_p=top_p, remask_temperature=remask_temperature, reference_compat=reference_compat))
+        codes = plan.given.cpu()                                             # (n, G, h, w)
+        emitted = 0
+
+        def new_frames():
+            nonlocal emitted
+            videos = [self._decode(c, s.num_frames)[emitted:] for c in codes]
+            emitted += len(videos[0])
+            return videos[0] if single else videos
+
+        if codes.shape[1]:
+            yield new_frames()
+        for frame in iter_parallel(self.model, plan, s.sample, self._generator(generator), progress=progress):
+            codes = torch.cat([codes, frame.cpu()[:, None]], dim=1)
+            yield new_frames()

@@ -1,0 +1,537 @@
+"""Decoding a Lumos model: frame-by-frame masked (MaskGIT-style) prediction, and a next-token baseline.
+
+The sampler holds no weights. It drives any model with the `LumosModel` calling convention
+(`positions`, `setup_cache`, `clear_cache`, `forward(tokens, pos, mask, cache_pos, return_hidden=True)`,
+`head(hidden, rows)`), so the tests can swap in a scripted mock. Spec: `lumos1.md` §6; the released
+sampler is described in `official-code-notes.md` §3 and its quirks in §6.
+
+Parallel decoding of one video (`iter_parallel`), per latent frame f = 0 .. F-1:
+    1. the frame is laid out fully masked: FRAME_START, size(h), size(w), (MASK x w, NEWLINE) x h, FRAME_END;
+    2. S steps: predict every code of the frame, sample the masked ones, score each fresh sample by
+       confidence = log p(sample) + T_s * Gumbel, and re-mask the least confident so that
+       m_s = clamp(floor(N cos(pi/2 (s+1)/S)), 1, unknown - 1) stay masked (N = h*w codes);
+       the last step keeps everything;
+    3. the finished frame goes into the KV cache once, with a fraction r of its content tokens
+       (codes and newlines) replaced by MASK at n = round(r h(w+1)) evenly spaced positions
+       round(k h(w+1) / n), the same pattern for every frame (AR-DF inference-time history masking:
+       the model was trained with masked context frames; without it videos flicker, says the paper).
+
+KV cache: the prompt (text, video header and, for image-to-video / continuation, the given frames)
+is prefilled once; each step runs only the current frame's tokens against the static cache; all
+positions and masks are precomputed on the host in a `Plan` before the loop (the layout of every
+frame is known in advance), so a step has no `.item()`, `.tolist()` or data-dependent branching.
+
+Classifier-free guidance runs in ONE batched forward: rows [cond_0 .. cond_{n-1}, uncond_0 ..
+uncond_{n-1}], where uncond_i is cond_i from VIDEO_START on (no BOS/text/SEP, as released and as the
+training-time CFG dropout). Rows are left-padded so their video parts share the same cache columns;
+padded keys are masked and positions count from each row's real start. logits = u + g (c - u).
+guidance_scale 0 or 1 means no guidance: the uncond rows are not run at all (1 gives the conditional
+logits exactly; 0 is taken to mean "off" too, as in diffusers, not "unconditional").
+
+Logits are only computed for the visual rows of lm_head (`vocab_rows`), at the code positions of the
+frame: non-visual ids cannot be sampled by construction.
+
+Defaults (intended behaviour) vs `reference_compat=True` (the released code, notes §6.1-6.3):
+- remasking temperature: T_s = T0 (1 - (s+1)/S), reset every frame | compounding T <- T (1 - (s+1)/S)
+  every step, never reset: exactly 0 from the end of the first generated frame on;
+- `temperature`, `top_k`, `top_p` shape the sampling distribution | ignored: plain multinomial on
+  the CFG-mixed softmax;
+- given frames (image-to-video, continuation) enter the cache history-masked like any other
+  context frame (the model only ever saw masked context frames in training, and the reference
+  code plainly tries to mask it) | cached unmasked (the reference masks a copy it never uses);
+- history_mask_ratio 0 masks nothing | masks one token (the reference's max(1, round(r n))).
+Ties in confidence are broken by position in both modes (the reference's `< cut_off` test masks
+fewer tokens on exact ties; continuous confidences practically never tie).
+
+Forward passes per video of F generated frames, S steps, N codes per frame (each pass is batched
+over all rows, cond + uncond): parallel with KV cache 1 + F S + (F - 1) = F (S + 1) (prefill, steps,
+cache writes of every frame but the last); parallel without KV cache F S (each recomputes the whole
+sequence so far, with the same masked history); next-token 1 + F N (prefill, one pass per code).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lumos.masks import frame_causal_mask, frame_ids
+from lumos.positions import Positions
+from lumos.utils import LumosError
+from lumos.vocab import Vocab
+
+MODES = ("parallel", "parallel-nocache", "next-token")
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 50                  # S: refinement steps per latent frame (50 in the released evaluation)
+    guidance_scale: float = 15.0     # g: logits = u + g (c - u); released: 15 video, 16 image; 0 or 1 = no guidance
+    temperature: float = 1.0         # softmax temperature of code sampling; 0 = argmax
+    top_k: int | None = None         # sample among the k most likely codes only (None: all)
+    top_p: float | None = None       # nucleus sampling: smallest set of codes with mass >= top_p (None: all)
+    remask_temperature: float = 1.0  # T0: scale of the Gumbel noise on confidences (the reference's `temperature`)
+    history_mask_ratio: float = 0.7  # r: fraction of a finished frame's content masked in the cache (0.7 released)
+    reference_compat: bool = False   # reproduce the released sampler's quirks (module docstring)
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise LumosError(f"num_inference_steps must be a positive integer, got {self.steps}")
+        if not self.guidance_scale >= 0:
+            raise LumosError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not self.temperature >= 0:
+            raise LumosError(f"temperature must be >= 0 (0 = argmax), got {self.temperature}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise LumosError(f"top_k must be a positive integer or None, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise LumosError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+        if not self.remask_temperature >= 0:
+            raise LumosError(f"remask_temperature must be >= 0, got {self.remask_temperature}")
+        if not 0 <= self.history_mask_ratio <= 1:
+            raise LumosError(f"history_mask_ratio must be in [0, 1], got {self.history_mask_ratio}")
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.guidance_scale not in (0.0, 1.0)
+
+
+# ============================================================================================ schedules
+def cosine_schedule(t: torch.Tensor) -> torch.Tensor:
+    """Fraction of a frame still masked at progress t in [0, 1] (MaskGIT): cos(pi/2 t)."""
+    return torch.cos(t * math.pi * 0.5)
+
+
+def mask_schedule(n: int, steps: int, schedule=cosine_schedule) -> list[int]:
+    """Number of codes left masked after each step, for a frame of `n` codes.
+
+    m_s = max(1, min(unknown_s - 1, floor(n * schedule((s+1)/S)))), unknown_{s+1} = m_s, and 0 after the
+    last step. A step reveals at least one code unless only one is left, which waits for the last step.
+    The ratio is evaluated in float32 as the reference does, so floor() agrees with it at the edges.
+    Known on the host before decoding: the count is the same for every row and every frame."""
+    t = torch.tensor([(s + 1) / steps for s in range(steps)], dtype=torch.float32)
+    target = (n * schedule(t)).floor().long().tolist()
+    out, unknown = [], n
+    for s in range(steps - 1):
+        unknown = max(1, min(unknown - 1, target[s]))
+        out.append(unknown)
+    return out + [0]
+
+
+def remask_temperatures(t0: float, steps: int, frames: int, compat: bool = False) -> list[list[float]]:
+    """Gumbel scale T for every (frame, step).
+
+    Intended (MaskGIT): T_s = T0 (1 - (s+1)/S), the same in every frame.
+    compat: the reference overwrites its argument, T <- T (1 - (s+1)/S), before each step and never
+    resets it, so T is a product over all steps so far: 0.0 exactly from the first frame's last step on."""
+    if not compat:
+        return [[t0 * (1.0 - (s + 1) / steps) for s in range(steps)] for _ in range(frames)]
+    out, t = [], t0
+    for _ in range(frames):
+        row = []
+        for s in range(steps):
+            t = t * (1.0 - 1.0 * (s + 1) / steps)
+            row.append(t)
+        out.append(row)
+    return out
+
+
+def history_mask_indices(n: int, ratio: float, compat: bool = False) -> np.ndarray:
+    """Positions (in [0, n)) of a finished frame's content that are masked in the cache.
+
+    n = h (w + 1) content tokens (codes and newlines). k = round(r n) indices round(j n / k), evenly
+    spaced, no random offset, the same for every frame. Computed in float32 with round-half-even,
+    as the reference does. compat: k = max(1, round(r n)) (the reference masks a token even at r = 0)."""
+    k = int(round(ratio * n))
+    if compat:
+        k = max(1, k)
+    if k == 0:
+        return np.zeros(0, np.int64)
+    idx = torch.round(torch.arange(k) * (n / k)).long().clamp_(0, n - 1).unique()
+    return idx.numpy()
+
+
+# ============================================================================================ sampling
+def gumbel_noise(shape, generator: torch.Generator, device=None) -> torch.Tensor:
+    """Standard Gumbel samples -log(-log u), u ~ U[0, 1) drawn from `generator` (both logs clamped at 1e-20)."""
+    u = torch.rand(shape, generator=generator, device=device)
+    return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+
+
+def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """fp32 logits [..., K] -> probabilities [..., K].
+
+    temperature > 0 divides the logits; 0 leaves them as they are (`sample` then takes the argmax,
+    and the confidences use the untempered distribution). top_k keeps the k largest logits; top_p
+    keeps the smallest set of most likely codes whose mass reaches top_p (the most likely is always kept)."""
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p       # mass of the more likely codes already enough
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample(probs: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """One code per row of probs [..., K] -> int64 [...]. temperature 0: argmax. Otherwise an exact
+    categorical draw without a host sync (the exponential race: argmax p / E, E ~ Exp(1), which
+    picks code k with probability p_k, like torch.multinomial)."""
+    if temperature == 0:
+        return probs.argmax(-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(-1)
+
+
+def mask_by_random_topk(log_p: torch.Tensor, n_mask: int, temperature: float,
+                        generator: torch.Generator) -> torch.Tensor:
+    """Which codes to re-mask: the `n_mask` lowest confidences log p + T * Gumbel of each row.
+
+    log_p: [B, N] log-probability of each fresh sample, +inf at codes known before this step (never
+    re-masked). Returns bool [B, N] with exactly n_mask True per row (ties broken by position)."""
+    confidence = log_p
+    if temperature > 0:
+        confidence = log_p + temperature * gumbel_noise(log_p.shape, generator, log_p.device)
+    order = confidence.argsort(dim=-1, stable=True)                      # ascending confidence
+    remask = torch.zeros_like(log_p, dtype=torch.bool)
+    return remask.scatter_(-1, order[:, :n_mask], True)
+
+
+def sample_codes(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator):
+    """Guided visual logits [..., K] -> (sampled codes [...], the probabilities they were drawn from).
+    compat: a plain multinomial on softmax(logits); temperature/top-k/top-p are not applied."""
+    if cfg.reference_compat:
+        probs = torch.softmax(logits, dim=-1)
+        return sample(probs, 1.0, generator), probs
+    probs = logits_to_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+    return sample(probs, cfg.temperature, generator), probs
+
+
+def maskgit_step(logits: torch.Tensor, ids: torch.Tensor, n_mask: int, remask_temperature: float,
+                 cfg: SampleConfig, generator: torch.Generator, vocab: Vocab) -> torch.Tensor:
+    """One refinement step on the codes of a frame.
+
+    logits: [B, N, K] guided visual logits; ids: [B, N] token ids of the frame's codes (vocab.mask
+    where unknown); n_mask: codes left masked after this step (0 on the last step: fill everything).
+    Returns the new ids [B, N]."""
+    unknown = ids == vocab.mask
+    codes, probs = sample_codes(logits, cfg, generator)                  # [B, N], [B, N, K]
+    new = torch.where(unknown, codes + vocab.visual_offset, ids)
+    if n_mask == 0:
+        return new
+    log_p = probs.gather(-1, codes[..., None])[..., 0].clamp_min(1e-20).log()
+    log_p = log_p.masked_fill(~unknown, float("inf"))
+    return new.masked_fill(mask_by_random_topk(log_p, n_mask, remask_temperature, generator), vocab.mask)
+
+
+def guide(logits: torch.Tensor, n_cond: int, scale: float) -> torch.Tensor:
+    """CFG mix of a batched forward: rows [cond x n, uncond x n] -> u + g (c - u), [n, ...].
+    Without uncond rows (guidance off) the logits are returned as they are."""
+    if logits.shape[0] == n_cond:
+        return logits
+    cond, uncond = logits[:n_cond], logits[n_cond:]
+    return uncond + scale * (cond - uncond)
+
+
+# ============================================================================================ the plan
+def masked_frame(vocab: Vocab, h: int, w: int) -> np.ndarray:
+    """FRAME_START size(h) size(w) (MASK x w, NEWLINE) x h FRAME_END, for an h x w latent grid."""
+    g = vocab.grid_per_size
+    body = np.full((h, w + 1), vocab.mask, np.int64)
+    body[:, -1] = vocab.newline
+    head = [vocab.frame_start, vocab.size_token(h // g), vocab.size_token(w // g)]
+    return np.concatenate([np.array(head, np.int64), body.reshape(-1), [vocab.frame_end]])
+
+
+@dataclass
+class Plan:
+    """Everything about a batch of videos that is known before decoding starts (host-side work).
+
+    Rows: `n_cond` conditional rows, then (with CFG) their unconditional twins in the same order.
+    Columns: every row is left-padded so that VIDEO_START sits in the same column for all rows:
+        [pad | BOS text SEP] VIDEO_START dur fps | given frames | generated frames (all MASK here)
+    """
+    vocab: Vocab
+    tokens: torch.Tensor       # [B, L] int64: the layout; given frames already history-masked (unless compat)
+    valid: torch.Tensor        # [B, L] bool: False at left padding
+    pos: Positions             # [B, L]: positions of the whole layout, computed once (padding-aware)
+    fid: torch.Tensor          # [B, L] frame ids (lumos.masks.frame_ids) for the frame-causal masks
+    n_cond: int                # conditional rows (= output videos)
+    video_col: int             # column of VIDEO_START in every row
+    h: int                     # latent rows per frame
+    w: int                     # latent columns per frame
+    prefill_len: int           # columns [0, prefill_len) are the prompt: prefilled once
+    frame_starts: list[int]    # first column of each generated frame
+    code_idx: torch.Tensor     # [N] offsets of the h*w codes inside a frame (3 + row (w+1) + col)
+    hist_idx: torch.Tensor     # offsets inside a frame of the content tokens masked in the cache
+    given: torch.Tensor        # [n_cond, G, h, w] codes of the given frames (unmasked), G may be 0
+
+    @property
+    def frame_len(self) -> int:
+        return self.h * (self.w + 1) + 4
+
+    def output_tokens(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """The conditional sequences with every frame filled in and VIDEO_END appended (one 1-D tensor
+        per video, padding removed). codes: [n_cond, G + F, h, w] as returned by `generate`."""
+        v = self.vocab
+        template = torch.from_numpy(masked_frame(v, self.h, self.w)).to(self.tokens.device)
+        out = []
+        for i in range(self.n_cond):
+            row = self.tokens[i].clone()
+            for k in range(codes.shape[1]):
+                s0 = self.video_col + 3 + k * self.frame_len
+                frame = template.clone()
+                frame[self.code_idx] = codes[i, k].reshape(-1).to(row.device) + v.visual_offset
+                row[s0:s0 + self.frame_len] = frame
+            start = int((~self.valid[i]).sum())
+            out.append(torch.cat([row[start:], torch.tensor([v.video_end], device=row.device)]))
+        return out
+
+
+def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, cfg: SampleConfig,
+                    device=None) -> Plan:
+    """Lay out a batch of generations.
+
+    prompts: one token prefix per output video, `vocab.build(text_ids, given_frames, duration=..,
+        fps=.., complete=False)`: BOS text SEP VIDEO_START dur fps [given frames]. Every prefix must
+        hold the same number of given frames (the video parts must line up in the cache).
+    num_frames: latent frames to generate after the given ones; h, w: latent grid."""
+    vocab: Vocab = model.config.vocab
+    if num_frames < 1:
+        raise LumosError(f"nothing to generate: {num_frames} new latent frames requested")
+    if not prompts:
+        raise LumosError("no prompts")
+    new_frames = np.tile(masked_frame(vocab, h, w), num_frames)
+    rows, starts, given = [], [], []
+    for p in prompts:
+        p = np.asarray(p, np.int64).reshape(-1)
+        try:
+            parsed = vocab.parse_video(p)
+        except ValueError as e:
+            raise LumosError(f"malformed generation prompt: {e}") from None
+        if parsed.complete:
+            raise LumosError("a generation prompt must leave the video open (no VIDEO_END)")
+        if len(parsed.frames) and parsed.frames.shape[1:] != (h, w):
+            raise LumosError(f"given frames are {parsed.frames.shape[1]}x{parsed.frames.shape[2]} latent, "
+                             f"the generated ones {h}x{w}")
+        rows.append(np.concatenate([p, new_frames]))
+        starts.append(parsed.video_start)
+        given.append(parsed.frames if len(parsed.frames) else np.zeros((0, h, w), np.int64))
+    if len({len(r) - s for r, s in zip(rows, starts)}) > 1 or len({len(g) for g in given}) > 1:
+        raise LumosError("all videos of a batch need the same number of given frames")
+
+    n = len(rows)
+    lp = max(starts)                                           # VIDEO_START column of every row
+    L = lp + len(rows[0]) - starts[0]
+    B = 2 * n if cfg.use_cfg else n
+    tokens = np.full((B, L), vocab.bos, np.int64)
+    pad = np.zeros(B, np.int64)
+    for i, (r, s) in enumerate(zip(rows, starts)):
+        pad[i] = lp - s
+        tokens[i, pad[i]:] = r
+        if cfg.use_cfg:                                        # uncond twin: from VIDEO_START on
+            pad[n + i] = lp
+            tokens[n + i, lp:] = r[s:]
+
+    lf = h * (w + 1) + 4
+    G = len(given[0])
+    content = history_mask_indices(h * (w + 1), cfg.history_mask_ratio, cfg.reference_compat)
+    hist_idx = 3 + content
+    if not cfg.reference_compat:                               # given frames cached like history frames
+        for g in range(G):
+            tokens[:, lp + 3 + g * lf + hist_idx] = vocab.mask
+
+    device = torch.device(device) if device is not None else _model_device(model)
+    tokens_t = torch.from_numpy(tokens).to(device)
+    pad_t = torch.from_numpy(pad).to(device)
+    code_idx = (3 + np.arange(h)[:, None] * (w + 1) + np.arange(w)[None, :]).reshape(-1)
+    first = lp + 3 + G * lf
+    return Plan(
+        vocab=vocab, tokens=tokens_t, valid=torch.arange(L, device=device)[None] >= pad_t[:, None],
+        pos=model.positions(tokens_t, start=pad_t), fid=frame_ids(tokens_t, vocab), n_cond=n, video_col=lp, h=h, w=w,
+        prefill_len=first, frame_starts=[first + f * lf for f in range(num_frames)],
+        code_idx=torch.from_numpy(code_idx).to(device), hist_idx=torch.from_numpy(hist_idx).to(device),
+        given=torch.from_numpy(np.stack(given)).to(device),
+    )
+
+
+def _model_device(model) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+# ============================================================================================ decoding
+@dataclass
+class Stats:
+    forwards: int = 0          # model forward passes (each batched over all rows)
+
+
+def _forward(model, stats: Stats | None, tokens, pos, mask, cache_pos=None):
+    if stats is not None:
+        stats.forwards += 1
+    return model(tokens, pos=pos, mask=mask, cache_pos=cache_pos, return_hidden=True)   # (B, Lq, D)
+
+
+def _visual_rows(vocab: Vocab) -> slice:
+    return slice(vocab.visual_offset, vocab.visual_offset + vocab.codebook_size)
+
+
+def _prefill(model, plan: Plan, ctx: torch.Tensor, stats: Stats | None) -> None:
+    """Allocate the static cache and write the prompt into it (one batched forward)."""
+    B, L = ctx.shape
+    P = plan.prefill_len
+    model.setup_cache(B, L)
+    mask = frame_causal_mask(plan.fid, plan.valid, q_start=0, q_end=P, kv_len=L)     # (B, 1, P, L)
+    _forward(model, stats, ctx[:, :P], plan.pos.slice(0, P), mask, torch.arange(P, device=ctx.device))
+
+
+def _generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    if generator is None:
+        generator = torch.Generator(device=device)
+        generator.seed()
+    elif generator.device.type != device.type:
+        raise LumosError(f"the generator is on {generator.device} but decoding runs on {device}")
+    return generator
+
+
+@torch.inference_mode()
+def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generator | None = None, *,
+                  use_cache: bool = True, stats: Stats | None = None,
+                  progress: bool = False) -> Iterator[torch.Tensor]:
+    """Masked parallel decoding; yields the codes [n_cond, h, w] of each generated frame when it is done.
+
+    use_cache=False recomputes the whole sequence at every step under the dense frame-causal mask,
+    with the same history-masked copies of earlier frames in context (the reference's "V1" path; for
+    checking the cache and for the speed comparison)."""
+    vocab = plan.vocab
+    device = plan.tokens.device
+    generator = _generator(generator, device)
+    B, L = plan.tokens.shape
+    n, lf, N = plan.n_cond, plan.frame_len, plan.h * plan.w
+    reps = B // n                                                # 2 with CFG (cond + uncond), else 1
+    F = len(plan.frame_starts)
+    counts = mask_schedule(N, cfg.steps)
+    temps = remask_temperatures(cfg.remask_temperature, cfg.steps, F, cfg.reference_compat)
+    rows = _visual_rows(vocab)
+    cols = torch.arange(L, device=device)
+    # The context as the model sees it: history frames as cached (masked copies), current frame as is.
+    ctx = plan.tokens.clone()
+    if use_cache:
+        _prefill(model, plan, ctx, stats)
+    try:
+        for f in tqdm(range(F), desc="frames", unit="frame", disable=not progress, leave=False):
+            s0, e0 = plan.frame_starts[f], plan.frame_starts[f] + lf
+            if use_cache:
+                # The frame's queries see every real key up to the frame's end: all history and the frame
+                # itself (= the frame-causal rows of this frame), one row broadcast over the queries.
+                mask = (plan.valid & (cols < e0))[:, None, None, :]                 # (B, 1, 1, L)
+                pos, cache_pos = plan.pos.slice(s0, e0), cols[s0:e0]
+            else:
+                mask = frame_causal_mask(plan.fid[:, :e0], plan.valid[:, :e0])     # (B, 1, e0, e0)
+                pos = plan.pos.slice(0, e0)
+            frame = ctx[:n, s0:e0].clone()                                          # (n, Lf)
+            for s in tqdm(range(cfg.steps), desc=f"frame {f + 1}/{F}", unit="step", disable=not progress,
+                          leave=False):
+                x = frame.repeat(reps, 1)                                            # (B, Lf)
+                if use_cache:
+                    hidden = _forward(model, stats, x, pos, mask, cache_pos)
+                else:
+                    ctx[:, s0:e0] = x
+                    hidden = _forward(model, stats, ctx[:, :e0], pos, mask)[:, s0:]
+                logits = guide(model.head(hidden[:, plan.code_idx], rows), n, cfg.guidance_scale)  # (n, N, K)
+                ids = maskgit_step(logits, frame[:, plan.code_idx], counts[s], temps[f][s], cfg, generator,
+                                   vocab)
+                frame.index_copy_(1, plan.code_idx, ids)
+            history = frame.clone()
+            history[:, plan.hist_idx] = vocab.mask
+            ctx[:, s0:e0] = history.repeat(reps, 1)
+            if use_cache and f < F - 1:                           # the last frame is never attended to
+                _forward(model, stats, ctx[:, s0:e0], pos, mask, cache_pos)
+            yield (frame[:, plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
+    finally:
+        if use_cache:
+            model.clear_cache()
+
+
+@torch.inference_mode()
+def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Generator | None = None, *,
+                    stats: Stats | None = None, progress: bool = False) -> Iterator[torch.Tensor]:
+    """The next-token baseline on the same model: one code at a time in raster order, KV cache, CFG
+    batched. Yields the codes [n_cond, h, w] of each frame.
+
+    The pass for code j feeds the tokens from the previous code (now sampled, written to the cache
+    here) up to code j (a MASK whose logits predict it), e.g. [code, MASK], [code, NEWLINE, MASK] or,
+    across frames, [code, NEWLINE, FRAME_END, FRAME_START, size, size, MASK], under a plain causal
+    mask. A speed baseline: a model trained with AR-DF is not a next-token model, so expect poor
+    samples. No history masking (the cache holds the generated tokens)."""
+    vocab = plan.vocab
+    device = plan.tokens.device
+    generator = _generator(generator, device)
+    B, L = plan.tokens.shape
+    n = plan.n_cond
+    reps = B // n
+    rows = _visual_rows(vocab)
+    cols = torch.arange(L, device=device)
+    offsets = plan.code_idx.tolist()                       # host-side, once
+    ctx = plan.tokens.clone()
+    _prefill(model, plan, ctx, stats)
+    written = plan.prefill_len                             # first column not yet in the cache
+    try:
+        for f in tqdm(range(len(plan.frame_starts)), desc="frames", unit="frame", disable=not progress,
+                      leave=False):
+            s0 = plan.frame_starts[f]
+            for off in offsets:
+                c = s0 + off
+                q = cols[written:c + 1]
+                mask = (cols[None, :] <= q[:, None])[None, None] & plan.valid[:, None, None, :]  # (B,1,Lq,L)
+                hidden = _forward(model, stats, ctx[:, written:c + 1], plan.pos.slice(written, c + 1), mask, q)
+                logits = guide(model.head(hidden[:, -1], rows), n, cfg.guidance_scale)           # (n, K)
+                codes, _ = sample_codes(logits, cfg, generator)
+                ctx[:, c] = (codes + vocab.visual_offset).repeat(reps)
+                written = c
+            yield (ctx[:n, s0 + plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
+    finally:
+        model.clear_cache()
+
+
+@dataclass
+class Generation:
+    codes: torch.Tensor        # [n_cond, G + F, h, w] int64: the given frames, then the generated ones
+    forwards: int              # model forward passes used
+
+
+def generate(model, plan: Plan, cfg: SampleConfig, generator: torch.Generator | None = None, *,
+             mode: str = "parallel", progress: bool = False) -> Generation:
+    """Decode every frame of `plan`. mode: "parallel" (KV cache), "parallel-nocache", "next-token"."""
+    stats = Stats()
+    if mode == "next-token":
+        frames = iter_next_token(model, plan, cfg, generator, stats=stats, progress=progress)
+    elif mode in ("parallel", "parallel-nocache"):
+        frames = iter_parallel(model, plan, cfg, generator, use_cache=mode == "parallel", stats=stats,
+                               progress=progress)
+    else:
+        raise LumosError(f"unknown decoding mode {mode!r}; expected one of {MODES}")
+    new = torch.stack(list(frames), dim=1)                                   # (n, F, h, w)
+    return Generation(codes=torch.cat([plan.given.to(new.device), new], dim=1), forwards=stats.forwards)
+
+
+def expected_forwards(mode: str, frames: int, steps: int, codes_per_frame: int) -> int:
+    """The forward-pass count of each mode (module docstring)."""
+    if mode == "parallel":
+        return 1 + frames * steps + (frames - 1)
+    if mode == "parallel-nocache":
+        return frames * steps
+    if mode == "next-token":
+        return 1 + frames * codes_per_frame
+    raise LumosError(f"unknown decoding mode {mode!r}; expected one of {MODES}")
