@@ -139,7 +139,7 @@ class Attention(nn.Module):
         self.head_dim = hd
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask, cache_pos=None):
+    def forward(self, x, cos, sin, mask, cache_pos=None, kv_len=None):
         B, L, _ = x.shape
         hd = self.head_dim
         # -1 for the head counts: tensor parallelism may shard them without a model change.
@@ -150,6 +150,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_pos is not None:
             k, v = self.kv_cache.update(cache_pos, k, v)                    # (B, nkv, max_len, hd)
+            if kv_len is not None:                                          # only the live prefix
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]                   # (B, nkv, kv_len, hd)
         y = attend(q, k, v, mask)                                           # (B, nh, L, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
 
@@ -174,11 +176,11 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.swin_norm = cfg.swin_norm
 
-    def forward(self, x, cos, sin, mask, cache_pos=None):
+    def forward(self, x, cos, sin, mask, cache_pos=None, kv_len=None):
         if self.swin_norm:  # norm after the sublayer (the HF names keep their pre-norm meaning)
-            x = x + self.input_layernorm(self.self_attn(x, cos, sin, mask, cache_pos))
+            x = x + self.input_layernorm(self.self_attn(x, cos, sin, mask, cache_pos, kv_len))
             return x + self.post_attention_layernorm(self.mlp(x))
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos, kv_len)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -279,7 +281,7 @@ class LumosModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, pos: Positions | None = None, mask=None,
-                cache_pos: torch.Tensor | None = None, return_hidden: bool = False,
+                cache_pos: torch.Tensor | None = None, kv_len: int | None = None, return_hidden: bool = False,
                 vocab_rows: slice | None = None) -> torch.Tensor:
         """tokens: (B, L) int64.
         pos: positions of these tokens; default: computed from `tokens` as a whole sequence.
@@ -287,6 +289,9 @@ class LumosModel(nn.Module):
             mask of `tokens`; with a cache: every key up to the last written position (a frame being
             decoded sees all history and itself).
         cache_pos: (L,) positions to write in the KV cache (cached inference); None = no cache.
+        kv_len: attend to the first kv_len cache slots only (a host int known from the layout, e.g. the
+            end of the frame being decoded; the mask must then have kv_len columns). None = the whole
+            buffer (one static shape for CUDA graphs).
         Returns fp32 logits (B, L, V) (or V' with `vocab_rows`), or final hidden states (B, L, D)."""
         B, L = tokens.shape
         c = self.config
@@ -297,10 +302,10 @@ class LumosModel(nn.Module):
             if cache_pos is None:
                 mask = self.build_mask(tokens)
             else:
-                max_len = self.model.layers[0].self_attn.kv_cache.k.shape[2]
+                max_len = kv_len or self.model.layers[0].self_attn.kv_cache.k.shape[2]
                 mask = (torch.arange(max_len, device=tokens.device) <= cache_pos[-1])[None, None, None]
         x = self.model.embed_tokens(tokens)                                       # (B, L, D)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache_pos)
+            x = layer(x, cos, sin, mask, cache_pos, kv_len)
         x = self.model.norm(x)
         return x if return_hidden else self.head(x, vocab_rows)

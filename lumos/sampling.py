@@ -377,10 +377,12 @@ class Stats:
     forwards: int = 0          # model forward passes (each batched over all rows)
 
 
-def _forward(model, stats: Stats | None, tokens, pos, mask, cache_pos=None):
+def _forward(model, stats: Stats | None, tokens, pos, mask, cache_pos=None, kv_len=None):
+    """One counted forward. With the cache, `kv_len` (a host int from the layout) bounds attention to
+    the live prefix of the cache; `mask` then has kv_len columns."""
     if stats is not None:
         stats.forwards += 1
-    return model(tokens, pos=pos, mask=mask, cache_pos=cache_pos, return_hidden=True)   # (B, Lq, D)
+    return model(tokens, pos=pos, mask=mask, cache_pos=cache_pos, kv_len=kv_len, return_hidden=True)  # (B, Lq, D)
 
 
 def _visual_rows(vocab: Vocab) -> slice:
@@ -392,8 +394,8 @@ def _prefill(model, plan: Plan, ctx: torch.Tensor, stats: Stats | None) -> None:
     B, L = ctx.shape
     P = plan.prefill_len
     model.setup_cache(B, L)
-    mask = frame_causal_mask(plan.fid, plan.valid, q_start=0, q_end=P, kv_len=L)     # (B, 1, P, L)
-    _forward(model, stats, ctx[:, :P], plan.pos.slice(0, P), mask, torch.arange(P, device=ctx.device))
+    mask = frame_causal_mask(plan.fid, plan.valid, q_start=0, q_end=P, kv_len=P)     # (B, 1, P, P)
+    _forward(model, stats, ctx[:, :P], plan.pos.slice(0, P), mask, torch.arange(P, device=ctx.device), P)
 
 
 def _generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
@@ -435,7 +437,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
             if use_cache:
                 # The frame's queries see every real key up to the frame's end: all history and the frame
                 # itself (= the frame-causal rows of this frame), one row broadcast over the queries.
-                mask = (plan.valid & (cols < e0))[:, None, None, :]                 # (B, 1, 1, L)
+                mask = plan.valid[:, None, None, :e0]                               # (B, 1, 1, e0)
                 pos, cache_pos = plan.pos.slice(s0, e0), cols[s0:e0]
             else:
                 mask = frame_causal_mask(plan.fid[:, :e0], plan.valid[:, :e0])     # (B, 1, e0, e0)
@@ -445,7 +447,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
                           leave=False):
                 x = frame.repeat(reps, 1)                                            # (B, Lf)
                 if use_cache:
-                    hidden = _forward(model, stats, x, pos, mask, cache_pos)
+                    hidden = _forward(model, stats, x, pos, mask, cache_pos, e0)
                 else:
                     ctx[:, s0:e0] = x
                     hidden = _forward(model, stats, ctx[:, :e0], pos, mask)[:, s0:]
@@ -457,7 +459,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
             history[:, plan.hist_idx] = vocab.mask
             ctx[:, s0:e0] = history.repeat(reps, 1)
             if use_cache and f < F - 1:                           # the last frame is never attended to
-                _forward(model, stats, ctx[:, s0:e0], pos, mask, cache_pos)
+                _forward(model, stats, ctx[:, s0:e0], pos, mask, cache_pos, e0)
             yield (frame[:, plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
     finally:
         if use_cache:
@@ -494,8 +496,10 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Gener
             for off in offsets:
                 c = s0 + off
                 q = cols[written:c + 1]
-                mask = (cols[None, :] <= q[:, None])[None, None] & plan.valid[:, None, None, :]  # (B,1,Lq,L)
-                hidden = _forward(model, stats, ctx[:, written:c + 1], plan.pos.slice(written, c + 1), mask, q)
+                k = cols[: c + 1]
+                mask = (k[None, :] <= q[:, None])[None, None] & plan.valid[:, None, None, : c + 1]  # (B,1,Lq,c+1)
+                hidden = _forward(model, stats, ctx[:, written:c + 1], plan.pos.slice(written, c + 1), mask, q,
+                                  c + 1)
                 logits = guide(model.head(hidden[:, -1], rows), n, cfg.guidance_scale)           # (n, K)
                 codes, _ = sample_codes(logits, cfg, generator)
                 ctx[:, c] = (codes + vocab.visual_offset).repeat(reps)

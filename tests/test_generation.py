@@ -109,15 +109,16 @@ class TwoPassCFG(Recorder):
         self.inner.clear_cache()
         self.uncond.clear_cache()
 
-    def forward(self, tokens, pos, mask, cache_pos=None, return_hidden=True):
+    def forward(self, tokens, pos, mask, cache_pos=None, kv_len=None, return_hidden=True):
         n, p = tokens.shape[0] // 2, self.pad
         cond = self.inner(tokens[:n], pos=Positions(*(t[:n] for t in pos)), mask=mask[:n], cache_pos=cache_pos,
-                          return_hidden=True)
+                          kv_len=kv_len, return_hidden=True)
         first = 0 if cache_pos is None else int(cache_pos[0])
         keep = max(0, p - first)                                  # query columns that are uncond padding
         m = mask[n:, :, keep:] if mask.shape[2] > 1 else mask[n:]
         unc = self.uncond(tokens[n:, keep:], pos=Positions(*(t[n:, keep:] for t in pos)), mask=m[..., p:],
-                          cache_pos=None if cache_pos is None else cache_pos[keep:] - p, return_hidden=True)
+                          cache_pos=None if cache_pos is None else cache_pos[keep:] - p,
+                          kv_len=None if kv_len is None else kv_len - p, return_hidden=True)
         return torch.cat([cond, F.pad(unc, (0, 0, keep, 0))])     # zeros stand for the padding queries
 
 

@@ -163,6 +163,9 @@ def test_kv_cache_equals_full_forward():
         s, e = starts[2], (seq[0] == V.frame_end).nonzero().flatten()[-1].item() + 1
         out = model(seq[:, s:e], pos=pos.slice(s, e), cache_pos=torch.arange(s, e))
         torch.testing.assert_close(out, full[:, s:e], atol=1e-5, rtol=0)
+        # attention bounded to the live prefix of the cache (kv_len = the frame's end): same rows
+        out = model(seq[:, s:e], pos=pos.slice(s, e), cache_pos=torch.arange(s, e), kv_len=e)
+        torch.testing.assert_close(out, full[:, s:e], atol=1e-5, rtol=0)
         model.clear_cache()
 
 

@@ -44,13 +44,13 @@ class MockModel(torch.nn.Module):
     def clear_cache(self):
         self.cache = None
 
-    def forward(self, tokens, pos=None, mask=None, cache_pos=None, return_hidden=False):
+    def forward(self, tokens, pos=None, mask=None, cache_pos=None, kv_len=None, return_hidden=False):
         assert return_hidden
         B, Lq = tokens.shape
         cols = torch.arange(Lq) if cache_pos is None else cache_pos
         if int(cols[0]) == 0:            # the prefill (or an uncached pass): find VIDEO_START
             self.video_col = int((tokens[0] == VOCAB.video_start).nonzero()[0])
-        self.calls.append(SimpleNamespace(tokens=tokens.clone(), cols=cols.clone(), mask=mask, pos=pos))
+        self.calls.append(SimpleNamespace(tokens=tokens.clone(), cols=cols.clone(), mask=mask, pos=pos, kv_len=kv_len))
         c = (cols - self.video_col).clamp(0, len(self.table) - 1)
         out = self.table[c].expand(B, Lq, K).clone()
         if self.uncond_table is not None and B % 2 == 0 and B > 1:
