@@ -117,8 +117,15 @@ def load_pretrained(path, device=None, dtype=None):
 def save_pretrained(model, path, dtype=torch.bfloat16, max_shard_bytes: int = 5 * 2**30) -> None:
     """Write `config.json` + safetensors (sharded above `max_shard_bytes`, with the HF index) atomically:
     the folder appears complete or not at all."""
+    save_state_dict(model.state_dict(), model.config, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def save_state_dict(state_dict: dict, config: ModelConfig, path, dtype=torch.bfloat16,
+                    max_shard_bytes: int = 5 * 2**30) -> None:
+    """`save_pretrained` from a state dict and its config (e.g. a full state dict gathered from FSDP
+    shards on rank 0, where no unsharded module exists)."""
     path = Path(path)
-    sd = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state_dict.items()}
     shards, cur, size = [], {}, 0
     for k, v in sd.items():
         n = v.numel() * v.element_size()
@@ -129,7 +136,7 @@ def save_pretrained(model, path, dtype=torch.bfloat16, max_shard_bytes: int = 5 
         size += n
     shards.append(cur)
     with atomic_dir(path) as tmp:
-        (tmp / CONFIG).write_text(json.dumps(model.config.to_hf_config(), indent=2) + "\n")
+        (tmp / CONFIG).write_text(json.dumps(config.to_hf_config(), indent=2) + "\n")
         if len(shards) == 1:
             save_file(shards[0], tmp / SINGLE, metadata={"format": "pt"})
             return
