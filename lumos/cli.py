@@ -20,6 +20,8 @@ COMMANDS = {
     "train": ("lumos.train", "train a Lumos model (discrete diffusion with AR-DF)"),
     "generate": ("lumos.generate", "generate images / videos from prompts, images or videos"),
     "bench": ("lumos.bench", "time parallel (masked) decoding against next-token decoding"),
+    "eval": ("lumos.evaluate", "generate and score the built-in Moving Digits world automatically"),
+    "demo": ("lumos.demo", "generate a few videos with the built-in model (what `make demo` runs)"),
 }
 
 
