@@ -193,9 +193,10 @@ def _tiny() -> ModelConfig:
 
 
 def _small() -> ModelConfig:
-    # The built-in Moving Digits model: a few million parameters, trainable on 2 CPU cores.
-    return ModelConfig(vocab=Vocab.compact(text_vocab_size=512, codebook_size=1000), dim=256, n_layers=6,
-                       n_heads=8, n_kv_heads=8, intermediate_size=704, max_seq_len=2048)
+    # The built-in Moving Digits model: ~3M parameters, ~15 sequences of 410 tokens per second of
+    # training on 2 CPU cores. (The vocabulary is replaced by the records' one when training.)
+    return ModelConfig(vocab=Vocab.compact(text_vocab_size=320, codebook_size=1000), dim=192, n_layers=6,
+                       n_heads=6, n_kv_heads=6, intermediate_size=512, max_seq_len=2048)
 
 
 def _bench_1b() -> ModelConfig:

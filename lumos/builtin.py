@@ -1,0 +1,172 @@
+"""The built-in model of the Moving Digits world: data preparation and export into the package.
+
+The whole recipe, on 2 CPU cores (times in the README):
+
+    lumos train-tokenizer configs/tokenizer-moving-digits.toml       # 1. the video tokenizer (4x8x8, FSQ)
+    python -m lumos.builtin prepare --out data/moving-digits         # 2. text tokenizer + token records
+    lumos train configs/moving-digits.toml                           # 3. the transformer (AR-DF)
+    python -m lumos.builtin export runs/moving-digits                # 4. into lumos/assets/moving-digits
+
+Step 2 renders clips of the "train" split in memory (`lumos.digits`), encodes them with the built-in
+video tokenizer in batches, and writes records in the format of `lumos.records` (what `lumos tokenize`
+writes for media files), with the exact prompt text the pipeline uses at generation time
+(`video_prompt(caption, 64, 64, 17, 8)`; images: one frame at 1 fps). Videos and still images are
+mixed (joint text-to-video / text-to-image training). Shards are written atomically and a rerun skips
+finished ones, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lumos.utils import LumosError, atomic_dir, atomic_write_json
+
+ASSET = Path(__file__).resolve().parent / "assets" / "moving-digits"
+SHARD = 1000            # records per shard
+IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I)
+
+
+def caption_corpus(rng: np.random.Generator, n_two: int = 2000) -> list[str]:
+    """Prompts the text tokenizer is trained on: every one-digit video and image caption of the world's
+    grammar (held-out combinations included: a tokenizer only needs the words), and a sample of
+    two-digit captions, each inside the prompt template the pipeline uses."""
+    from lumos.digits import COLOURS, DIRECTIONS
+    from lumos.vocab import video_prompt
+
+    colours, dirs = list(COLOURS), list(DIRECTIONS)
+    out = []
+    for d in range(10):
+        for c in colours:
+            out.append(video_prompt(f"a {c} {d}", 64, 64, 1, 1))
+            out += [video_prompt(f"a {c} {d} moving {m}", 64, 64, 17, 8) for m in dirs]
+    for _ in range(n_two):
+        a, b = rng.integers(0, 10, 2)
+        ca, cb = rng.choice(colours, 2, replace=False)
+        ma, mb = rng.choice(dirs, 2)
+        out.append(video_prompt(f"a {ca} {a} moving {ma} and a {cb} {b} moving {mb}", 64, 64, 17, 8))
+    return out
+
+
+def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer: str | Path = ASSET / "tokenizer",
+            text_vocab_size: int = 320, batch: int = 64, progress: bool = True) -> Path:
+    """Write `out/text_tokenizer.json` and token records `out/train/` (`num_records`, 1 in IMAGE_EVERY a
+    still image). Deterministic in `seed`; resumable shard by shard."""
+    from lumos.digits import sample_clip, sample_image
+    from lumos.records import build_index, list_shards, shard_name, write_shard
+    from lumos.text_tokenizer import TextTokenizer, train_text_tokenizer
+    from lumos.tokenizers import load_video_tokenizer
+    from lumos.vocab import Vocab, video_prompt
+
+    out = Path(out)
+    text_path = out / "text_tokenizer.json"
+    if not text_path.is_file():
+        train_text_tokenizer(caption_corpus(np.random.default_rng(seed)), text_vocab_size, text_path,
+                             wrap_in_prompt=False)
+    text = TextTokenizer(text_path)
+    vt = load_video_tokenizer(tokenizer)
+    vocab = Vocab.compact(text.vocab_size, vt.codebook_size)
+    done = {p.name for p in list_shards(out / "train")}
+    n_shards = -(-num_records // SHARD)
+    for k in tqdm(range(n_shards), desc="shards", disable=not progress):
+        if shard_name(k) in done:
+            continue
+        rng = np.random.default_rng([seed, k])              # each shard on its own stream: resumable
+        lo, hi = k * SHARD, min(num_records, (k + 1) * SHARD)
+        items = []                                           # (media [T,H,W,3], caption, is_image, meta)
+        for i in range(lo, hi):
+            if i % IMAGE_EVERY == IMAGE_EVERY - 1:
+                img, cap, meta = sample_image("train", rng)
+                items.append((img[None], cap, True, meta))
+            else:
+                vid, cap, meta = sample_clip("train", rng)
+                items.append((vid, cap, False, meta))
+        tokens, records = [], []
+        for j in range(0, len(items), batch):
+            chunk = items[j:j + batch]
+            codes = {}
+            for is_image in (False, True):                  # one batched encode per shape
+                idx = [t for t, it in enumerate(chunk) if it[2] == is_image]
+                if idx:
+                    with torch.no_grad():
+                        codes.update(zip(idx, vt.encode_batch(np.stack([chunk[t][0] for t in idx])).numpy()))
+            for t, (media, cap, is_image, meta) in enumerate(chunk):
+                T, H, W, _ = media.shape
+                prompt = video_prompt(cap, W, H, 1, 1) if is_image else video_prompt(cap, W, H, T, meta["fps"])
+                ids = text.encode(prompt)
+                if is_image:
+                    seq = vocab.build_t2i(ids, codes[t][0])
+                else:
+                    seq = vocab.build_t2v(ids, codes[t], duration=max(1, round(T / meta["fps"])), fps=meta["fps"])
+                tokens.append(seq)
+                records.append({"id": lo + j + t, "caption": cap, "image": is_image,
+                                "frames": int(codes[t].shape[0]), "grid": [int(codes[t].shape[1]),
+                                                                            int(codes[t].shape[2])]})
+        write_shard(out / "train" / shard_name(k), tokens, {
+            "vocab": vocab.to_dict(), "digit_ids": text.digit_ids, "temporal_compression": vt.temporal_compression,
+            "num_shards": n_shards, "records": records})
+    build_index(out / "train")
+    return out
+
+
+def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | Path = ASSET,
+           tokenizer: str | Path = ASSET / "tokenizer") -> Path:
+    """Copy a training run's newest checkpoint (bf16 weights), the text tokenizer, the video tokenizer
+    and the generation defaults into a pipeline folder (`LumosPipeline.from_pretrained(out)`)."""
+    from lumos.model import LumosModel
+    from lumos.train import list_checkpoints
+
+    found = list_checkpoints(Path(run) / "checkpoints")
+    if not found:
+        raise LumosError(f"{run}: no finished checkpoint to export")
+    ckpt = found[-1][1]
+    model = LumosModel.from_pretrained(ckpt / "model")
+    out, tokenizer = Path(out), Path(tokenizer)
+    keep_tokenizer = tokenizer.resolve() == (out / "tokenizer").resolve()
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, dtype=torch.bfloat16)
+        shutil.copy(Path(data) / "text_tokenizer.json", tmp / "text_tokenizer.json")
+        shutil.copytree(tokenizer, tmp / "tokenizer")
+        atomic_write_json(tmp / "pipeline.json", {
+            "height": 64, "width": 64, "num_frames": 17, "fps": 8, "num_inference_steps": 16,
+            "guidance_scale": 5.0, "image_guidance_scale": 5.0, "history_mask_ratio": 0.7})
+        state = json.loads((ckpt / "train_state.json").read_text())
+        atomic_write_json(tmp / "provenance.json", {"checkpoint": str(ckpt), "step": state.get("step"),
+                                                    "kept_tokenizer": keep_tokenizer})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lumos.builtin", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare", help="text tokenizer + token records of the train split")
+    a.add_argument("--out", default="data/moving-digits")
+    a.add_argument("--num-records", type=int, default=20_000)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--tokenizer", default=str(ASSET / "tokenizer"), help="video tokenizer folder")
+    e = sub.add_parser("export", help="a training run -> lumos/assets/moving-digits")
+    e.add_argument("run")
+    e.add_argument("--data", default="data/moving-digits")
+    e.add_argument("--out", default=str(ASSET))
+    e.add_argument("--tokenizer", default=str(ASSET / "tokenizer"))
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "prepare":
+            print(prepare(args.out, args.num_records, args.seed, args.tokenizer))
+        else:
+            print(export(args.run, args.data, args.out, args.tokenizer))
+    except LumosError as err:
+        print(f"lumos: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
