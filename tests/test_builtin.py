@@ -35,6 +35,13 @@ def test_prepare_train_export_generate(tmp_path):
                  progress=False)
     assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
 
+    from lumos.demo import demo
+    files = demo(tmp_path / "demo", model=out, progress=False)
+    names = sorted(f.name for f in files)
+    assert names == ["heldout.gif", "heldout.mp4", "i2v.gif", "i2v.mp4", "t2i.png", "t2v.gif", "t2v.mp4"]
+    assert all(f.stat().st_size > 0 for f in files)
+    assert json.loads((tmp_path / "demo" / "heldout.json").read_text())["prompt"] == "a cyan 4 moving left"
+
 
 def test_caption_corpus_covers_the_grammar():
     corpus = caption_corpus(np.random.default_rng(0), n_two=10)
