@@ -16,6 +16,25 @@ SHARED_DATA = Path(os.environ.get("LUMOS_SHARED_DATA", Path(__file__).resolve().
 OFFICIAL = SHARED_DATA / "official-records"
 
 
+def sharp_model(seed=0, **overrides):
+    """The tiny preset with weights and norm parameters far from their init, so that the logits are far
+    from uniform and every parameter and every detail of the context moves them well above any tolerance."""
+    import torch
+
+    from lumos.config import ModelConfig
+    from lumos.model import LumosModel
+
+    model = LumosModel.from_config(ModelConfig.from_name("tiny", **overrides), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    return model.eval()
+
+
 def official_record(name: str) -> dict:
     f = OFFICIAL / f"{name}.json.gz"
     if not f.is_file():
@@ -116,4 +135,4 @@ def cos_sin_from_angles(a):
     return np.cos(a), np.sin(a)
 
 
-__all__ = ["official_record", "t2v", "ref_positions", "ref_mask", "ref_rope_angles", "math"]
+__all__ = ["sharp_model", "official_record", "t2v", "ref_positions", "ref_mask", "ref_rope_angles", "math"]

@@ -8,27 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lumos.config import ModelConfig
-from lumos.model import LumosModel
 from lumos.positions import Positions
 from lumos.sampling import SampleConfig, generate, plan_generation
+from seqs import sharp_model
 
 
-def make_model(seed=0):
-    """The tiny preset with weights large enough that the logits are far from uniform (so sampling
-    decisions depend on every detail of the context)."""
-    model = LumosModel.from_config(ModelConfig.from_name("tiny"), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-    return model.eval()
-
-
-MODEL = make_model()
+MODEL = sharp_model()
 VOCAB = MODEL.config.vocab
 
 

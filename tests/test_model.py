@@ -5,24 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from lumos.config import ModelConfig
-from lumos.model import LumosModel
-from seqs import ref_mask, ref_positions, ref_rope_angles, t2v
+from seqs import ref_mask, ref_positions, ref_rope_angles, sharp_model, t2v
 
 
-def make_model(seed=0, **overrides):
-    cfg = ModelConfig.from_name("tiny", **overrides)
-    model = LumosModel.from_config(cfg, seed=seed)
-    # Larger weights and non-trivial norm parameters than the default init, so that every
-    # parameter moves the logits well above the tolerance.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-    return model.eval()
+make_model = sharp_model
 
 
 def reference_logits(model, tokens):
