@@ -526,15 +526,15 @@ def compare_decoding(pipe, items: list[Item], seed: int, **kwargs) -> dict:
     speed is the point, not the quality)."""
     from lumos.sampling import generate
 
-    if not all(hasattr(pipe, a) for a in ("_prepare", "_decode", "model")):
+    if not all(hasattr(pipe, a) for a in ("prepare", "decode", "model")):
         return {"skipped": "the pipeline is not a LumosPipeline (no model to decode next-token with)"}
     times = {"parallel": [], "next-token": []}
     forwards, rows = {}, []
     for i, it in enumerate(items):
         # The same prompt layout the pipeline builds for a call (host-side; not timed).
-        s, plan, _ = pipe._prepare(it.caption, None, None, 1, kwargs)
+        s, plan, _ = pipe.prepare(it.caption, None, None, 1, kwargs)
         for mode in times:
-            g = pipe._generator(_generator(seed, 99, i))
+            g = pipe.device_generator(_generator(seed, 99, i))
             if pipe.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -544,7 +544,7 @@ def compare_decoding(pipe, items: list[Item], seed: int, **kwargs) -> dict:
             times[mode].append(time.perf_counter() - t0)
             forwards[mode] = out.forwards
             if mode == "next-token":
-                v = _check_video(pipe._decode(out.codes[0], s.num_frames), it.caption)
+                v = _check_video(pipe.decode(out.codes[0], s.num_frames), it.caption)
                 rows.append({"caption": it.caption, **score_video(v, it.digit, it.colour, it.direction)})
     par, nxt = statistics.median(times["parallel"]), statistics.median(times["next-token"])
     return {"prompts": len(items), "parallel_s": round(par, 4), "next_token_s": round(nxt, 4),

@@ -261,8 +261,10 @@ class LumosPipeline:
             return np.asarray(vt.encode(frames[:keep]))
         return None
 
-    def _prepare(self, prompt, image, video, num_videos_per_prompt, kwargs):
-        """Validate, tokenize, encode the given frames and lay out the batch (host-side work)."""
+    def prepare(self, prompt, image, video, num_videos_per_prompt, kwargs):
+        """Validate, tokenize, encode the given frames and lay out the batch (host-side work). Returns
+        (settings, `lumos.sampling.Plan`, whether the call is a single video), for callers that drive
+        `lumos.sampling` themselves (e.g. to time the sampler alone)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise LumosError("prompt must be a non-empty string or a list of non-empty strings")
@@ -296,14 +298,14 @@ class LumosPipeline:
         single = isinstance(prompt, str) and num_videos_per_prompt == 1
         return s, plan, single
 
-    def _generator(self, generator):
+    def device_generator(self, generator):
         """A generator on the model's device. A CPU generator drives a GPU run through a seed drawn from it."""
         if generator is None or generator.device.type == self.device.type:
             return generator
         seed = int(torch.randint(2**62, (1,), generator=generator))
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _decode(self, codes: torch.Tensor, num_frames: int) -> np.ndarray:
+    def decode(self, codes: torch.Tensor, num_frames: int) -> np.ndarray:
         """codes [t, h, w] -> uint8 [min(T', num_frames), H, W, 3]."""
         frames = self.video_tokenizer.decode(codes.cpu())
         return np.asarray(frames)[:num_frames]
@@ -312,16 +314,23 @@ class LumosPipeline:
     def __call__(self, prompt, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
                  num_inference_steps=None, guidance_scale=None, history_mask_ratio=None, temperature=None,
                  top_k=None, top_p=None, remask_temperature=None, reference_compat=None,
-                 generator: torch.Generator | None = None, num_videos_per_prompt: int = 1, progress: bool = True):
+                 generator: torch.Generator | None = None, num_videos_per_prompt: int = 1, progress: bool = True,
+                 mode: str = "parallel", output_type: str = "pixels"):
         """Generate. Returns uint8 frames [T, H, W, 3] for one prompt (a str) and one video, else a list
         of them (prompt-major: prompt 0 sample 0, prompt 0 sample 1, ...). Arguments left None take
-        `self.defaults`; `image` / `video` may be one input for all prompts or a list, one per prompt."""
-        s, plan, single = self._prepare(prompt, image, video, num_videos_per_prompt, dict(
+        `self.defaults`; `image` / `video` may be one input for all prompts or a list, one per prompt.
+        mode: "parallel" (masked frame decoding, the model's own) or "next-token" (the baseline).
+        output_type: "pixels", or "codes" for the latent codes [t, h, w] (given frames first)."""
+        if mode not in ("parallel", "next-token"):
+            raise LumosError(f"mode must be 'parallel' or 'next-token', got {mode!r}")
+        if output_type not in ("pixels", "codes"):
+            raise LumosError(f"output_type must be 'pixels' or 'codes', got {output_type!r}")
+        s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, dict(
             num_frames=num_frames, height=height, width=width, fps=fps, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, history_mask_ratio=history_mask_ratio, temperature=temperature,
             top_k=top_k, top_p=top_p, remask_temperature=remask_temperature, reference_compat=reference_compat))
-        out = generate(self.model, plan, s.sample, self._generator(generator), progress=progress)
-        videos = [self._decode(c, s.num_frames) for c in out.codes]
+        out = generate(self.model, plan, s.sample, self.device_generator(generator), mode=mode, progress=progress)
+        videos = list(out.codes.cpu()) if output_type == "codes" else [self.decode(c, s.num_frames) for c in out.codes]
         return videos[0] if single else videos
 
     def stream(self, prompt, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
@@ -336,7 +345,7 @@ class LumosPipeline:
         The causal tokenizer decodes a prefix of latent frames exactly, so each yield decodes the
         latent frames so far and keeps the frames not yet yielded (quadratic in frames; a streaming
         decoder with its own cache would make it linear)."""
-        s, plan, single = self._prepare(prompt, image, video, num_videos_per_prompt, dict(
+        s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, dict(
             num_frames=num_frames, height=height, width=width, fps=fps, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, history_mask_ratio=history_mask_ratio, temperature=temperature,
             top_k=top_k, top_p=top_p, remask_temperature=remask_temperature, reference_compat=reference_compat))
@@ -345,12 +354,12 @@ class LumosPipeline:
 
         def new_frames():
             nonlocal emitted
-            videos = [self._decode(c, s.num_frames)[emitted:] for c in codes]
+            videos = [self.decode(c, s.num_frames)[emitted:] for c in codes]
             emitted += len(videos[0])
             return videos[0] if single else videos
 
         if codes.shape[1]:
             yield new_frames()
-        for frame in iter_parallel(self.model, plan, s.sample, self._generator(generator), progress=progress):
+        for frame in iter_parallel(self.model, plan, s.sample, self.device_generator(generator), progress=progress):
             codes = torch.cat([codes, frame.cpu()[:, None]], dim=1)
             yield new_frames()

@@ -80,6 +80,20 @@ def test_text_to_video_shapes_seed_and_prompt():
     assert pipe("x", num_frames=8, generator=gen(0), progress=False).shape == (8, 16, 24, 3)
 
 
+def test_codes_output_and_next_token_mode():
+    pipe = tiny_pipe()
+    codes = pipe("a red 3 moving left", generator=gen(0), progress=False, output_type="codes")
+    video = pipe("a red 3 moving left", generator=gen(0), progress=False)
+    assert codes.shape == (3, 2, 3) and codes.dtype == torch.int64
+    assert np.array_equal(pipe.decode(codes, 9), video)
+    nt = pipe("a red 3 moving left", generator=gen(0), progress=False, mode="next-token", output_type="codes")
+    assert nt.shape == codes.shape and not torch.equal(nt, codes)
+    with pytest.raises(LumosError, match="mode"):
+        pipe("x", mode="ar")
+    with pytest.raises(LumosError, match="output_type"):
+        pipe("x", output_type="latents")
+
+
 def test_text_to_image():
     pipe = tiny_pipe()
     img = pipe("a red 3", num_frames=1, generator=gen(0), progress=False, num_inference_steps=3)
