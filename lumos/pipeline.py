@@ -148,13 +148,12 @@ class LumosPipeline:
     @classmethod
     def from_pretrained(cls, path, text_tokenizer=None, video_tokenizer=None, device=None,
                         dtype=None) -> "LumosPipeline":
-        """Load a pipeline folder. text_tokenizer / video_tokenizer: a path or an object replacing the
-        folder's own. device: default cuda when available; dtype: default bf16 on cuda, fp32 on cpu."""
+        """Load a pipeline folder, or a built-in model by name ("moving-digits"). text_tokenizer /
+        video_tokenizer: a path or an object replacing the folder's own. device: default cuda when
+        available; dtype: default bf16 on cuda, fp32 on cpu."""
         from lumos.model import LumosModel
 
-        path = Path(path)
-        if not path.is_dir():
-            raise LumosError(f"{path}: no such pipeline folder")
+        path = resolve_model(path)
         try:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError as e:

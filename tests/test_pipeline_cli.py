@@ -187,7 +187,7 @@ def test_from_pretrained_reads_defaults_and_takes_overrides(pipe_dir):
     (pipe_dir / "pipeline.json").write_text(json.dumps({"heigth": 16}))
     with pytest.raises(LumosError, match="unknown keys"):
         LumosPipeline.from_pretrained(pipe_dir)
-    with pytest.raises(LumosError, match="no such pipeline folder"):
+    with pytest.raises(LumosError, match="no such folder and not a built-in model"):
         LumosPipeline.from_pretrained(pipe_dir / "missing")
 
 

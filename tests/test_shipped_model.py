@@ -1,0 +1,49 @@
+"""The built-in model shipped in the package (lumos/assets/moving-digits): it loads by name with no
+download, and a fixed-seed generation reproduces stored tokens (a golden test, as diffusers does), so
+any change to the model, the sampler, the tokenizers or the layout that alters the output is noticed.
+
+Greedy settings (temperature 0, no remasking noise) keep the golden values independent of the random
+stream, so only real changes of behaviour move them. To regenerate after an intended change:
+    python -c "import tests.test_shipped_model as t; t.print_golden()"
+"""
+
+import numpy as np
+import torch
+
+from lumos.pipeline import LumosPipeline, resolve_model
+
+SETTINGS = dict(num_inference_steps=4, temperature=0.0, remask_temperature=0.0, progress=False)
+PROMPT = "a cyan 4 moving left"             # a held-out combination
+# codes[0, 0], codes[2, 4], codes[-1, -1] of the generated [5, 8, 8] latent video
+GOLDEN = [[949, 654, 662, 662, 662, 654, 662, 662], [702, 662, 454, 830, 362, 966, 871, 694],
+          [710, 661, 662, 662, 662, 662, 662, 661]]
+
+
+def generate_codes():
+    pipe = LumosPipeline.from_pretrained("moving-digits")
+    return pipe, pipe(PROMPT, generator=torch.Generator().manual_seed(0), output_type="codes", **SETTINGS)
+
+
+def print_golden():
+    _, codes = generate_codes()
+    print([codes[0, 0].tolist(), codes[2, 4].tolist(), codes[-1, -1].tolist()])
+
+
+def test_shipped_model_loads_by_name():
+    folder = resolve_model("moving-digits")
+    for name in ("config.json", "model.safetensors", "text_tokenizer.json", "pipeline.json",
+                 "tokenizer/vq_config.json", "tokenizer/vq.safetensors"):
+        assert (folder / name).is_file(), name
+    pipe = LumosPipeline.from_pretrained("moving-digits")
+    assert pipe.model.config.vocab.name == "compact" and pipe.model.config.rope_type == "mmrope"
+    assert 2e6 < pipe.model.num_params() < 10e6
+    assert pipe.defaults.num_frames == 17 and (pipe.defaults.height, pipe.defaults.width) == (64, 64)
+
+
+def test_golden_tokens():
+    pipe, codes = generate_codes()
+    assert codes.shape == (5, 8, 8) and codes.dtype == torch.int64
+    got = [codes[0, 0].tolist(), codes[2, 4].tolist(), codes[-1, -1].tolist()]
+    assert got == GOLDEN
+    video = pipe.decode(codes, 17)
+    assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
