@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lumos.generate import DTYPES
 from lumos.sampling import SampleConfig, expected_forwards, generate, plan_generation
 from lumos.utils import LumosError
 
@@ -34,7 +35,6 @@ LABELS = {  # mode -> (label, formula)
     "parallel-nocache": ("parallel, no KV cache", "F*S"),
     "next-token": ("next-token, KV cache", "1+F*N"),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -63,7 +63,7 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
     from lumos.records import build_index, list_shards, shard_name, write_shard
     from lumos.text_tokenizer import TextTokenizer, train_text_tokenizer
     from lumos.tokenizers import load_video_tokenizer
-    from lumos.vocab import Vocab, video_prompt
+    from lumos.vocab import Vocab, duration_seconds, video_prompt
 
     out = Path(out)
     text_path = out / "text_tokenizer.json"
@@ -104,7 +104,8 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
                 if is_image:
                     seq = vocab.build_t2i(ids, codes[t][0])
                 else:
-                    seq = vocab.build_t2v(ids, codes[t], duration=max(1, round(T / meta["fps"])), fps=meta["fps"])
+                    seq = vocab.build_t2v(ids, codes[t], duration=duration_seconds(T, meta["fps"]),
+                                         fps=meta["fps"])
                 tokens.append(seq)
                 records.append({"id": lo + j + t, "caption": cap, "image": is_image,
                                 "frames": int(codes[t].shape[0]), "grid": [int(codes[t].shape[1]),

@@ -35,7 +35,8 @@ def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True
     for name, prompt, image in jobs:
         if name == "heldout":
             (d, c, m), = parse_caption(prompt)
-            assert is_held_out(d, c, m), "the demo's held-out prompt must be a held-out combination"
+            if not is_held_out(d, c, m):
+                raise LumosError(f"the demo's held-out prompt {prompt!r} is not a held-out combination")
         t = time.perf_counter()
         video = pipe(prompt, image=image, generator=torch.Generator().manual_seed(seed), progress=progress)
         seconds = time.perf_counter() - t
@@ -50,7 +51,7 @@ def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True
         print(f"{name:8s} {prompt!r}: {video.shape[0]} frames in {seconds:.2f} s -> {out / name}.gif/.mp4")
     t = time.perf_counter()
     image = pipe("a yellow 7", num_frames=1, generator=torch.Generator().manual_seed(seed), progress=progress)
-    write_image(out / "t2i.png", image[0] if image.ndim == 4 else image)
+    write_image(out / "t2i.png", image)
     print(f"t2i      'a yellow 7': 1 image in {time.perf_counter() - t:.2f} s -> {out / 't2i.png'}")
     written.append(out / "t2i.png")
     return written

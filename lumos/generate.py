@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--top-k", type=int)
     s.add_argument("--top-p", type=float)
     s.add_argument("--remask-temperature", type=float, help="Gumbel noise scale of the confidences")
-    s.add_argument("--reference-compat", action="store_true", default=None,
+    s.add_argument("--reference-compat", action=argparse.BooleanOptionalAction, default=None,
                    help="reproduce the released sampler's quirks exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -147,6 +147,12 @@ def read_jobs(args) -> list[Job]:
         unknown = set(d) - {"prompt", "image", "video", "seed", "out"}
         if unknown:
             raise LumosError(f"{f}:{i}: unknown keys {sorted(unknown)} (known: prompt, image, video, seed, out)")
+        for key in ("image", "video", "out"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise LumosError(f"{f}:{i}: \"{key}\" must be a string, got {d[key]!r}")
+        if "seed" in d and (not isinstance(d["seed"], int) or isinstance(d["seed"], bool)
+                            or not 0 <= d["seed"] < 2**63):
+            raise LumosError(f"{f}:{i}: \"seed\" must be an integer in [0, 2**63), got {d['seed']!r}")
         if d.get("image") and d.get("video"):
             raise LumosError(f"{f}:{i}: give \"image\" or \"video\", not both")
         image = d.get("image") or args.image

@@ -42,7 +42,7 @@ import torch
 
 from lumos.sampling import SampleConfig, generate, iter_parallel, plan_generation
 from lumos.utils import LumosError
-from lumos.vocab import video_prompt
+from lumos.vocab import duration_seconds, video_prompt
 
 TEXT_TOKENIZER_FILE = "text_tokenizer.json"
 VIDEO_TOKENIZER_DIR = "tokenizer"
@@ -208,7 +208,7 @@ class LumosPipeline:
         for name, v in (("height", height // p), ("width", width // p)):
             if v > vocab.max_size:
                 raise LumosError(f"{name} is too large: {v} size units > {vocab.max_size} for this vocabulary")
-        duration, fps_token = (1, 1) if task == "t2i" else (max(1, round(num_frames / fps)), fps)
+        duration, fps_token = (1, 1) if task == "t2i" else (duration_seconds(num_frames, fps), fps)
         if max(duration, fps_token) > vocab.max_size:
             raise LumosError(f"fps {fps_token} / duration {duration} s exceed the largest size token "
                              f"({vocab.max_size})")

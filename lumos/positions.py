@@ -19,6 +19,7 @@ tokens (the reference walks tokens in a Python loop); cos/sin are computed once 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -111,12 +112,19 @@ def rope_for(tokens: torch.Tensor, vocab: Vocab, rope_type: str, scale=(4, 8, 8)
     return position_ids(tokens, vocab, scale=(1, 1, 1), offset=False, start=start)
 
 
+@functools.lru_cache(maxsize=32)
+def _freq_tables(head_dim: int, theta: float, rope_type: str, device: torch.device):
+    """inv_freq and freq_axes on `device`, built once: a host-to-device copy per forward would make
+    every decoding step wait on the host."""
+    axes = freq_axes(head_dim, rope_type).to(device) if rope_type != "1d" else None
+    return inv_freq(head_dim, theta).to(device), axes
+
+
 def rope_cos_sin(pos: Positions, head_dim: int, theta: float, rope_type: str) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin tables `[B, L, head_dim]` (fp32, rotate-half layout: the d/2 angles repeated twice)."""
-    freqs = inv_freq(head_dim, theta).to(pos.text.device)                          # (d/2,)
+    freqs, axes = _freq_tables(head_dim, float(theta), rope_type, pos.text.device)  # (d/2,), (d/2,)
     angles = pos.text[..., None].float() * freqs                                  # (B, L, d/2)
     if rope_type != "1d":
-        axes = freq_axes(head_dim, rope_type).to(pos.text.device)                 # (d/2,)
         thw = pos.thw.float()                                                     # (B, L, 3)
         vis_angles = thw[..., axes] * freqs                                       # (B, L, d/2)
         angles = torch.where(pos.visual[..., None], vis_angles, angles)

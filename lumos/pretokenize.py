@@ -300,7 +300,8 @@ def _plan(cfg: TokenizeConfig, rows: list[dict]) -> dict:
     settings = {"input_sha256": _sha256(cfg.input), "num_rows": len(rows), "shard_size": cfg.shard_size,
                 "fps": cfg.fps, "duration": cfg.duration, "size": cfg.size, "patch": patch,
                 "max_ratio": cfg.max_ratio, "window": cfg.window, "folder_fps": cfg.folder_fps,
-                "video_tokenizer": vt, "text_tokenizer_sha256": _sha256(cfg.text_tokenizer)}
+                "video_tokenizer": vt, "text_tokenizer_sha256": _sha256(cfg.text_tokenizer),
+                "vocab": vocab.to_dict(), "digit_ids": text.digit_ids}
     return {"vocab": vocab.to_dict(), "patch": patch, "digit_ids": text.digit_ids,
             "temporal_compression": vt["temporal_compression"], "settings": settings,
             "num_shards": math.ceil(len(rows) / cfg.shard_size),

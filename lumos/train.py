@@ -57,7 +57,7 @@ from lumos.config import ModelConfig
 from lumos.loss import masked_visual_loss
 from lumos.masking import MODES, SCHEDULES
 from lumos.parallelize import PARALLEL, parallelize
-from lumos.utils import LumosError, atomic_dir, atomic_write
+from lumos.utils import LumosError, atomic_dir, atomic_write, atomic_write_json
 
 CKPT_RE = re.compile(r"^step-(\d{6,})$")
 STATE = "train_state.json"
@@ -201,7 +201,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         torch.cuda.set_device(device)
     owns = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # nccl for CUDA tensors, gloo for the few CPU tensors (step metrics) reduced on the same group
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
         owns = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     parallel = cfg.parallel if cfg.parallel != "auto" else ("fsdp" if world > 1 else "none")
@@ -509,7 +510,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
             print(f"lumos train: no complete checkpoint under {ckpt_root}; starting from step 0", file=sys.stderr)
     if rt.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_json(out / "train_config.json", cfg.to_dict())
     logger = Logger(cfg, out, start, rt)
     history = []
 

@@ -39,6 +39,12 @@ def video_prompt(caption: str, width: int, height: int, num_frames: int, fps: in
     return VIDEO_PROMPT.format(width=width, height=height, num_frames=num_frames, fps=fps, caption=caption)
 
 
+def duration_seconds(num_frames: int, fps: int) -> int:
+    """The duration token's value for a clip of `num_frames` at `fps` (whole seconds, at least 1). One
+    definition for the records (training) and the prompts (generation), so the two cannot drift."""
+    return max(1, round(num_frames / fps))
+
+
 @dataclass(frozen=True)
 class Vocab:
     name: str                # "chameleon" or "compact"

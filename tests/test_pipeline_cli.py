@@ -257,6 +257,12 @@ def test_cli_refuses_bad_input(pipe_dir, tmp_path, capsys):
     refuse(capsys, ["generate", "--prompts-file", str(bad_line), "--out", str(out)] + model, "bad.jsonl:2", out)
     refuse(capsys, base + model + ["--image", str(tmp_path / "missing.png")], "no such file", out)
     refuse(capsys, ["generate", "--prompt", "x", "--out", str(out / "v.avi")] + model, "unsupported output", out)
+    bad_seed = tmp_path / "seed.jsonl"
+    bad_seed.write_text('{"prompt": "ok", "seed": "abc"}\n')
+    refuse(capsys, ["generate", "--prompts-file", str(bad_seed), "--out", str(out)] + model, "seed.jsonl:1", out)
+    bad_image = tmp_path / "img.jsonl"
+    bad_image.write_text('{"prompt": "ok", "image": 3}\n')
+    refuse(capsys, ["generate", "--prompts-file", str(bad_image), "--out", str(out)] + model, "must be a string", out)
 
 
 def test_cli_never_leaves_a_partial_output(pipe_dir, tmp_path, capsys, monkeypatch):
