@@ -56,7 +56,6 @@ import csv
 import functools
 import io
 import json
-import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -422,6 +421,10 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 arrays over all their values (peak 255)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    """PSNR in dB between two uint8 videos (or images) over all their values (peak 255): the scalar
+    form of `lumos.vq.video_psnr`, the one definition the tokenizer metrics use too."""
+    import torch
+
+    from lumos.vq import video_psnr
+
+    return float(video_psnr(torch.as_tensor(np.asarray(a))[None], torch.as_tensor(np.asarray(b))[None])[0])

@@ -249,20 +249,17 @@ def test_cli_refuses_bad_input(pipe_dir, tmp_path, capsys):
     refuse(capsys, base + model + ["--image", str(not_image)], "cannot decode", out)
     refuse(capsys, base + model + ["--height", "20"], "not a multiple of 8", out)
     refuse(capsys, base + model + ["--num-inference-steps", "-1"], "--num-inference-steps must be >= 1", out)
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("\n  \n")
-    refuse(capsys, ["generate", "--prompts-file", str(empty), "--out", str(out)] + model, "no prompts", out)
-    bad_line = tmp_path / "bad.jsonl"
-    bad_line.write_text('{"prompt": "ok"}\n{"prompt": \n')
-    refuse(capsys, ["generate", "--prompts-file", str(bad_line), "--out", str(out)] + model, "bad.jsonl:2", out)
+    prompt_files = {                                   # file name: (content, expected message)
+        "empty.jsonl": ("\n  \n", "no prompts"),
+        "bad.jsonl": ('{"prompt": "ok"}\n{"prompt": \n', "bad.jsonl:2"),
+        "seed.jsonl": ('{"prompt": "ok", "seed": "abc"}\n', "seed.jsonl:1"),
+        "img.jsonl": ('{"prompt": "ok", "image": 3}\n', "must be a string"),
+    }
+    for name, (content, message) in prompt_files.items():
+        (tmp_path / name).write_text(content)
+        refuse(capsys, ["generate", "--prompts-file", str(tmp_path / name), "--out", str(out)] + model, message, out)
     refuse(capsys, base + model + ["--image", str(tmp_path / "missing.png")], "no such file", out)
     refuse(capsys, ["generate", "--prompt", "x", "--out", str(out / "v.avi")] + model, "unsupported output", out)
-    bad_seed = tmp_path / "seed.jsonl"
-    bad_seed.write_text('{"prompt": "ok", "seed": "abc"}\n')
-    refuse(capsys, ["generate", "--prompts-file", str(bad_seed), "--out", str(out)] + model, "seed.jsonl:1", out)
-    bad_image = tmp_path / "img.jsonl"
-    bad_image.write_text('{"prompt": "ok", "image": 3}\n')
-    refuse(capsys, ["generate", "--prompts-file", str(bad_image), "--out", str(out)] + model, "must be a string", out)
 
 
 def test_cli_never_leaves_a_partial_output(pipe_dir, tmp_path, capsys, monkeypatch):
