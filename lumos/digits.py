@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -332,31 +331,11 @@ def sample_image(split: str, rng: np.random.Generator, cfg: DigitsConfig = Digit
 
 
 # -------------------------------------------------------------------------------------- writing
-def encode_mp4(video: np.ndarray, fps: int, crf: int = 10) -> bytes:
-    """uint8 `[T, H, W, 3]` -> h264 yuv420p mp4 bytes (PyAV). Saturated colours on black lose a
-    little at the digit edges to 4:2:0 chroma subsampling: the decoded clips are ~36.5 dB PSNR from
-    the rendered ones at any crf (0..18 measured; the chroma subsampling, not the crf, sets it), well
-    above what the built-in tokenizer reconstructs (~32.5 dB). Use fmt="png" for lossless frames."""
-    import av
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = video.shape[2], video.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
-        for frame in video:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-def decode_video(path: str | Path) -> np.ndarray:
-    """Read a video file with PyAV: uint8 `[T, H, W, 3]`."""
-    import av
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+# h264 yuv420p quality of the mp4 clips. Saturated colours on black lose a little at the digit edges to
+# 4:2:0 chroma subsampling: decoded clips are ~36.5 dB PSNR from the rendered ones at any crf (0..18
+# measured; the subsampling, not the crf, sets it), well above what the built-in tokenizer
+# reconstructs (~32.5 dB). fmt="png" writes lossless frames.
+MP4_CRF = 10
 
 
 def write_dataset(out_dir: str | Path, n: int, split: str, seed: int, cfg: DigitsConfig = DigitsConfig(),
@@ -365,11 +344,13 @@ def write_dataset(out_dir: str | Path, n: int, split: str, seed: int, cfg: Digit
 
     Layout: `media/000000.mp4` (kind "video", fmt "mp4": h264 yuv420p at cfg.fps), or
     `media/000000.png` (kind "image", or fmt "png" for a video, which then becomes a folder of
-    lossless `media/000000/0000.png` frames); `captions.csv` with columns `path,caption` (path
+    lossless `media/000000/000000.png` frames); `captions.csv` with columns `path,caption` (path
     relative to the CSV's folder) for the pre-tokenization tool; `metadata.jsonl` (one metadata dict
     per row, for evaluation); `world.json` (cfg, split, seed, n). Sample i uses the generator
     `np.random.default_rng([seed, i])`, so any sample can be regenerated alone.
     """
+    from lumos.media import write_frames, write_image, write_video
+
     _check_split(split)
     if kind not in ("video", "image") or fmt not in ("mp4", "png"):
         raise LumosError(f"kind must be video|image and fmt mp4|png, got {kind!r}, {fmt!r}")
@@ -382,17 +363,15 @@ def write_dataset(out_dir: str | Path, n: int, split: str, seed: int, cfg: Digit
             if kind == "image":
                 image, caption, meta = sample_image(split, rng, cfg)
                 rel = f"media/{i:06d}.png"
-                _write_png(tmp / rel, image)
+                write_image(tmp / rel, image)
             elif fmt == "mp4":
                 video, caption, meta = sample_clip(split, rng, cfg)
                 rel = f"media/{i:06d}.mp4"
-                (tmp / rel).write_bytes(encode_mp4(video, cfg.fps))
+                write_video(tmp / rel, video, fps=cfg.fps, crf=MP4_CRF)
             else:
                 video, caption, meta = sample_clip(split, rng, cfg)
                 rel = f"media/{i:06d}"
-                (tmp / rel).mkdir()
-                for t, frame in enumerate(video):
-                    _write_png(tmp / rel / f"{t:04d}.png", frame)
+                write_frames(tmp / rel, video)
             rows.append((rel, caption))
             metas.append({"path": rel, "caption": caption, **meta})
         with open(tmp / "captions.csv", "w", newline="") as f:
@@ -406,18 +385,6 @@ def write_dataset(out_dir: str | Path, n: int, split: str, seed: int, cfg: Digit
             json.dump({"config": asdict(cfg), "split": split, "seed": seed, "n": n, "kind": kind, "fmt": fmt}, f,
                       indent=2)
     return out_dir
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """Lossless png through PyAV's image2 muxer (no extra dependency)."""
-    import av
-    with av.open(str(path), mode="w", format="image2") as container:
-        stream = container.add_stream("png")
-        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

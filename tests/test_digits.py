@@ -9,8 +9,9 @@ import pytest
 
 from lumos import digits as D
 from lumos.digits import (ALL_COMBOS, CAPTION_RE, COLOURS, DIRECTIONS, HELD_OUT, IMAGE_CAPTION_RE, SEEN_COMBOS,
-                          DigitsConfig, decode_video, parse_caption, psnr, sample_clip, sample_image, sample_splits,
+                          DigitsConfig, parse_caption, psnr, sample_clip, sample_image, sample_splits,
                           write_dataset)
+from lumos.media import read_media
 from lumos.utils import LumosError
 
 TWO = DigitsConfig(num_digits=2)
@@ -192,15 +193,16 @@ def test_write_dataset_mp4_png_and_images(tmp_path):
     assert [list(r) for r in rows] == [["path", "caption"]] * 3
     for i, row in enumerate(rows):
         assert CAPTION_RE.match(row["caption"])
-        decoded = decode_video(out / row["path"])
+        decoded, fps = read_media(out / row["path"])
+        assert fps == cfg.fps
         ref, caption, _ = sample_clip("val", np.random.default_rng([11, i]), cfg)    # regenerable alone
         assert caption == row["caption"] and decoded.shape == ref.shape == (9, 64, 64, 3)
         assert psnr(decoded, ref) > 32                                  # h264 4:2:0 costs a little, not much
     assert len((out / "metadata.jsonl").read_text().splitlines()) == 3
     png = write_dataset(tmp_path / "png", n=2, split="train", seed=11, cfg=cfg, fmt="png")
     row = next(csv.DictReader(open(png / "captions.csv")))
-    frames = np.stack([decode_video(p)[0] for p in sorted((png / row["path"]).glob("*.png"))])
+    frames, _ = read_media(png / row["path"])                       # a folder of png frames
     assert np.array_equal(frames, sample_clip("train", np.random.default_rng([11, 0]), cfg)[0])   # lossless
     img = write_dataset(tmp_path / "img", n=2, split="train", seed=3, kind="image")
     row = next(csv.DictReader(open(img / "captions.csv")))
-    assert IMAGE_CAPTION_RE.match(row["caption"]) and decode_video(img / row["path"]).shape == (1, 64, 64, 3)
+    assert IMAGE_CAPTION_RE.match(row["caption"]) and read_media(img / row["path"])[0].shape == (1, 64, 64, 3)
