@@ -12,6 +12,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
+from lumos.utils import check_keys
 from lumos.vocab import Vocab
 
 ROPE_TYPES = ("mmrope", "mrope", "3d", "1d")
@@ -80,10 +81,7 @@ class ModelConfig:
         return CONFIGS[name]().replace(**overrides)
 
     def replace(self, **overrides) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(type(self), overrides, "model config", ValueError)
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
@@ -94,10 +92,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(cls, d, "model config", ValueError)
         return cls(**d)
 
     # ------------------------------------------------------------------------------ HF config.json

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from lumos.sampling import SampleConfig, generate, iter_parallel, plan_generation
-from lumos.utils import LumosError
+from lumos.utils import LumosError, check_keys
 from lumos.vocab import duration_seconds, video_prompt
 
 TEXT_TOKENIZER_FILE = "text_tokenizer.json"
@@ -75,10 +75,7 @@ class PipelineDefaults:
             d = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise LumosError(f"{path}: cannot read pipeline defaults ({e})") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(d, dict) or set(d) - known:
-            bad = sorted(set(d) - known) if isinstance(d, dict) else type(d).__name__
-            raise LumosError(f"{path}: unknown keys {bad}; known: {sorted(known)}")
+        check_keys(cls, d, f"{path}: pipeline defaults")
         return cls(**d)
 
 

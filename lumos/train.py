@@ -57,7 +57,7 @@ from lumos.config import ModelConfig
 from lumos.loss import masked_visual_loss
 from lumos.masking import MODES, SCHEDULES
 from lumos.parallelize import PARALLEL, parallelize
-from lumos.utils import LumosError, atomic_dir, atomic_write, atomic_write_json
+from lumos.utils import LumosError, atomic_dir, check_keys, atomic_write, atomic_write_json
 
 CKPT_RE = re.compile(r"^step-(\d{6,})$")
 STATE = "train_state.json"
@@ -127,10 +127,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Strict: an unknown key or a value of the wrong type is a ValueError naming it."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; known: {sorted(fields)}")
+        check_keys(cls, d, "train config", ValueError)
         defaults = cls()
         for k, v in d.items():
             want = type(getattr(defaults, k))

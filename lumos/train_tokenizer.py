@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lumos.digits import DigitsConfig, sample_clip, sample_image
-from lumos.utils import LumosError, atomic_dir, atomic_write_json
+from lumos.utils import LumosError, atomic_dir, check_keys, atomic_write_json
 from lumos.vq import VQConfig, VQTokenizer, count_parameters, load_weights, video_psnr
 
 CHECKPOINT_DIR = "checkpoint"
@@ -103,13 +103,7 @@ def _check_types(cls, d: dict, where: str) -> None:
 
 
 def _section(cls, d: Any, where: str) -> dict:
-    if not isinstance(d, dict):
-        raise LumosError(f"[{where.rstrip('.')}] must be a table")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise LumosError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
+    check_keys(cls, d, f"[{where.rstrip('.')}]" if where else "tokenizer config")
     _check_types(cls, d, where)
     return d
 

@@ -1,4 +1,4 @@
-"""Small shared helpers: the user-facing error type and atomic file writes.
+"""Small shared helpers: the user-facing error type, strict config keys and atomic file writes.
 
 Every file lumos writes goes through `atomic_write` / `atomic_dir`: written to a temporary name in the
 same folder, flushed, then renamed over the target, so a job killed at any moment leaves either the
@@ -18,6 +18,20 @@ from pathlib import Path
 class LumosError(Exception):
     """A problem with the user's input (file, flag, checkpoint). The CLI prints it as one line and
     exits with code 2; the message names the problem and what to do."""
+
+
+def check_keys(cls, d, what: str, error: type[Exception] = LumosError) -> None:
+    """Strict config loading: `d` must be a dict whose keys are fields of the dataclass `cls`. A typo
+    must not silently fall back to a default, so an unknown key raises `error` naming it:
+    "unknown {what} keys ['lerning_rate']; known: [...]"."""
+    import dataclasses
+
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    if not isinstance(d, dict):
+        raise error(f"{what} must be a table of keys ({', '.join(known)}), got {type(d).__name__}")
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise error(f"unknown {what} keys {unknown}; known: {known}")
 
 
 def _umask() -> int:

@@ -23,10 +23,12 @@ grids `[F, h, w]`. Everything here is plain numpy/python: it runs in data worker
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
+
+from lumos.utils import check_keys
 
 VIDEO_PROMPT = (
     "Generate a video with a resolution of {width}x{height}, consisting of {num_frames} frames at "
@@ -100,10 +102,7 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown vocab keys {sorted(unknown)}; expected {sorted(known)}")
+        check_keys(cls, d, "vocab", ValueError)
         return cls(**d)
 
     def special_ids(self) -> list[int]:

@@ -37,14 +37,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lumos.utils import LumosError, atomic_write, atomic_write_json
+from lumos.utils import LumosError, atomic_write, check_keys, atomic_write_json
 from lumos.video_tokenizer import VideoTokenizer
 
 CONFIG_FILE = "vq_config.json"
@@ -95,10 +95,7 @@ class VQConfig:
     @classmethod
     def from_dict(cls, d: dict, where: str = "VQConfig") -> "VQConfig":
         """Strict: an unknown key is an error naming it (a typo must not fall back to a default)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise LumosError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_keys(cls, d, where)
         try:
             return cls(**d)
         except (TypeError, ValueError) as e:
