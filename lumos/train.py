@@ -522,7 +522,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         # world size, which DDP/FSDP divide by again when they average gradients): the sum of all
         # backward passes is then the gradient of the token-mean loss of the global batch.
         n_global = all_reduce_sum(torch.tensor([float(sum(b.num_targets for b in micro))]), rt).item()
-        sums = torch.zeros(3 + 2 * cfg.max_frames, dtype=torch.float64)  # see _sums
+        # see _sums; kept on the device: no host sync per micro-batch, one copy per step below
+        sums = torch.zeros(3 + 2 * cfg.max_frames, dtype=torch.float64, device=rt.device)
         for i, b in enumerate(micro):
             with _no_sync(model, rt, last=i == len(micro) - 1):
                 with _autocast(rt):
@@ -539,7 +540,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         optimizer.zero_grad(set_to_none=True)
 
         # 4. log (sums over ranks) and checkpoint
-        rec = _record(step + 1, all_reduce_sum(sums, rt), n_global, lr, grad_norm, time.perf_counter() - t0, cfg)
+        rec = _record(step + 1, all_reduce_sum(sums, rt).cpu(), n_global, lr, grad_norm, time.perf_counter() - t0, cfg)
         logger.log(rec)
         history.append(rec)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
@@ -554,8 +555,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
 def _sums(out, num_tokens: int) -> torch.Tensor:
     """This micro-batch's additive statistics, float64 [3 + 2F]: summed CE, summed lse^2, tokens,
     then the summed CE per latent frame [F] and the target count per latent frame [F]."""
-    head = torch.stack([out.nll_sum.cpu().double(), out.z_sum.cpu().double(), torch.tensor(float(num_tokens)).double()])
-    return torch.cat([head, out.frame_nll.cpu().double(), out.frame_count.cpu().double()])
+    head = torch.stack([out.nll_sum.double(), out.z_sum.double(), torch.zeros_like(out.nll_sum, dtype=torch.float64)])
+    head[2] += num_tokens    # a kernel with a scalar argument: no host-to-device copy
+    return torch.cat([head, out.frame_nll.double(), out.frame_count.double()])
 
 
 def _record(step: int, sums: torch.Tensor, n_targets: float, lr: float, grad_norm: float, seconds: float,
