@@ -16,8 +16,9 @@ tokenizers elsewhere: pass `text_tokenizer=` / `video_tokenizer=` (paths or obje
 The task follows from the arguments:
 - text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" and the video header has
   duration 1, fps 1, as the released text-to-image evaluation does; guidance `image_guidance_scale` (16).
-- text-to-video: prompt `lumos.vocab.video_prompt(caption, width, height, num_frames, fps)`, duration
-  token round(num_frames / fps) (>= 1), fps token fps; latent frames by the tokenizer's causal rule.
+- text-to-video: prompt `lumos.vocab.video_prompt(caption, width, height, num_frames, fps)` (the
+  released template, or the model's own `prompt_template` from its pipeline.json), duration token
+  round(num_frames / fps) (>= 1), fps token fps; latent frames by the tokenizer's causal rule.
 - image-to-video (`image=`): the image, resized and centre-cropped to width x height, encoded as the
   first latent frame, part of the prompt. num_frames counts it.
 - continuation (`video=`): the given frames, cut to 1 + k_t j frames (whole latent frames of the causal
@@ -42,7 +43,7 @@ import torch
 
 from lumos.sampling import SampleConfig, generate, iter_parallel, plan_generation
 from lumos.utils import LumosError, check_keys
-from lumos.vocab import duration_seconds, video_prompt
+from lumos.vocab import VIDEO_PROMPT, check_prompt_template, duration_seconds, video_prompt
 
 TEXT_TOKENIZER_FILE = "text_tokenizer.json"
 VIDEO_TOKENIZER_DIR = "tokenizer"
@@ -67,6 +68,13 @@ class PipelineDefaults:
     top_p: float | None = None
     remask_temperature: float = 1.0    # Gumbel scale of the confidences
     reference_compat: bool = False     # reproduce the released sampler's quirks (lumos.sampling)
+    prompt_template: str = VIDEO_PROMPT  # the text the model was trained on (lumos.vocab.video_prompt)
+
+    def __post_init__(self):
+        try:
+            check_prompt_template(self.prompt_template)
+        except ValueError as e:
+            raise LumosError(f"pipeline defaults: {e}") from None
 
     @classmethod
     def from_file(cls, path) -> "PipelineDefaults":
@@ -278,7 +286,7 @@ class LumosPipeline:
         n_frames = 1 if s.task == "t2i" else s.num_frames
         prefixes, given_n = [], 0
         for caption, img, vid in zip(prompts, images, videos):
-            text = video_prompt(caption, s.width, s.height, n_frames, s.fps)
+            text = video_prompt(caption, s.width, s.height, n_frames, s.fps, self.defaults.prompt_template)
             given = self._given_codes(s, img, vid)
             try:
                 prefix = vocab.build(self.text_tokenizer.encode(text), given, duration=s.duration, fps=s.fps,

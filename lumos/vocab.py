@@ -36,9 +36,30 @@ VIDEO_PROMPT = (
 )
 
 
-def video_prompt(caption: str, width: int, height: int, num_frames: int, fps: int) -> str:
-    """The released models' prompt template (numbers written as text; spec §1)."""
-    return VIDEO_PROMPT.format(width=width, height=height, num_frames=num_frames, fps=fps, caption=caption)
+PROMPT_FIELDS = ("caption", "width", "height", "num_frames", "fps")
+
+
+def check_prompt_template(template: str) -> str:
+    """A prompt template must be a str.format pattern naming {caption} and only PROMPT_FIELDS."""
+    import string
+
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"prompt template {template!r} is not a format string ({e})") from None
+    if "caption" not in names or not names <= set(PROMPT_FIELDS):
+        raise ValueError(f"prompt template {template!r} must contain {{caption}} and only the fields "
+                         f"{{{'}, {'.join(PROMPT_FIELDS)}}}")
+    return template
+
+
+def video_prompt(caption: str, width: int, height: int, num_frames: int, fps: int,
+                 template: str = VIDEO_PROMPT) -> str:
+    """The text of a generation prompt. Default: the released models' template (numbers written as
+    text; spec §1). A model trained with another template (the built-in one reads the bare caption:
+    `lumos.builtin`) names it in its pipeline.json (`prompt_template`)."""
+    return check_prompt_template(template).format(width=width, height=height, num_frames=num_frames, fps=fps,
+                                                  caption=caption)
 
 
 def duration_seconds(num_frames: int, fps: int) -> int:

@@ -76,6 +76,12 @@ def test_text_to_video_shapes_seed_and_prompt():
                                             "a red 3 moving left")
     s = pipe.settings()
     assert (s.task, s.duration, s.fps, s.sample.guidance_scale, s.sample.steps) == ("t2v", 2, 4, 15.0, 2)
+    # a model trained on another prompt text names it in its defaults (the built-in model: the bare caption)
+    bare = tiny_pipe(prompt_template="{caption}")
+    bare("a red 3 moving left", generator=gen(0), progress=False)
+    assert bare.text_tokenizer.texts == ["a red 3 moving left"]
+    with pytest.raises(LumosError, match="pipeline defaults: prompt template '{prompt}' must contain"):
+        PipelineDefaults(prompt_template="{prompt}")
     # 8 frames need the same 3 latent frames (9 decoded): the tail is cut
     assert pipe("x", num_frames=8, generator=gen(0), progress=False).shape == (8, 16, 24, 3)
 

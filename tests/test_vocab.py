@@ -93,6 +93,11 @@ def test_video_prompt_template():
     s = video_prompt("a cat", width=672, height=384, num_frames=24, fps=12)
     assert s == ("Generate a video with a resolution of 672x384, consisting of 24 frames at 12 frames per "
                  "second, according to the following prompt:\n a cat")
+    assert video_prompt("a cat", 64, 64, 17, 8, template="{caption}") == "a cat"
+    assert video_prompt("a cat", 64, 32, 17, 8, template="{width}x{height}: {caption}") == "64x32: a cat"
+    for bad in ("no caption here", "{captoin}", "{caption} at {fsp} fps", "{caption", 3):
+        with pytest.raises(ValueError, match="prompt template"):
+            video_prompt("a cat", 64, 64, 17, 8, template=bad)
 
 
 @pytest.mark.parametrize("name, frames, h, w", [("video-0", 22, 48, 84), ("video-1", 22, 48, 84),
