@@ -517,11 +517,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro = [b.to(rt.device) for b in batcher.step_batches(step, cfg.batch_size, micro_bs, rt.rank, rt.world)]
+        host = batcher.step_batches(step, cfg.batch_size, micro_bs, rt.rank, rt.world)
+        counts = [(b.num_targets, b.num_tokens) for b in host]      # counted on the host, before the copy
+        micro = [b.to(rt.device) for b in host]
         # Each micro-batch's loss is divided by the target count of the whole global batch (times the
         # world size, which DDP/FSDP divide by again when they average gradients): the sum of all
         # backward passes is then the gradient of the token-mean loss of the global batch.
-        n_global = all_reduce_sum(torch.tensor([float(sum(b.num_targets for b in micro))]), rt).item()
+        n_global = all_reduce_sum(torch.tensor([float(sum(t for t, _ in counts))]), rt).item()
         # see _sums; kept on the device: no host sync per micro-batch, one copy per step below
         sums = torch.zeros(3 + 2 * cfg.max_frames, dtype=torch.float64, device=rt.device)
         for i, b in enumerate(micro):
@@ -534,7 +536,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
                                           chunk=cfg.loss_chunk, z_loss_weight=cfg.z_loss_weight,
                                           normaliser=max(n_global, 1.0) / rt.world, num_frames=cfg.max_frames)
                 out_.loss.backward()
-            sums += _sums(out_, b.num_tokens)
+            sums += _sums(out_, counts[i][1])
         grad_norm = _clip(model, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
