@@ -79,23 +79,32 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     raise LumosError(f"{path}: no {SINGLE} or {INDEX} found")
 
 
-def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
-    """Drop ignored keys; raise one clear error for a missing/unexpected key or a wrong shape."""
-    expected = model.state_dict()
-    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+def check_weights(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], where, *,
+                  config: str = "its config.json", kind: str = "a Lumos-1 checkpoint",
+                  dtype: bool = False) -> dict[str, torch.Tensor]:
+    """One clear error for the first missing key, unexpected key, wrong shape (or, with dtype=True,
+    wrong dtype) of `sd` against `expected` (a state_dict, possibly of meta tensors). Returns sd."""
     missing = [k for k in expected if k not in sd]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise LumosError(f"{where}: missing weight {missing[0]!r}{more}; the checkpoint does not match its config.json")
+        raise LumosError(f"{where}: missing weight {missing[0]!r}{more}; the checkpoint does not match {config}")
     unexpected = [k for k in sd if k not in expected]
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise LumosError(f"{where}: unexpected weight {unexpected[0]!r}{more}; is this a Lumos-1 checkpoint?")
+        raise LumosError(f"{where}: unexpected weight {unexpected[0]!r}{more}; is this {kind}?")
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise LumosError(f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, the config expects "
+            raise LumosError(f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, {config} expects "
                              f"{tuple(v.shape)}")
+        if dtype and sd[k].dtype != v.dtype:
+            raise LumosError(f"{where}: weight {k!r} has dtype {sd[k].dtype}, expected {v.dtype}")
     return sd
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
+    """Drop ignored keys (the released files carry the VQ model); then `check_weights`."""
+    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+    return check_weights(model.state_dict(), sd, where)
 
 
 def load_pretrained(path, device=None, dtype=None):

@@ -393,17 +393,10 @@ def load_weights(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
         state = load_file(str(file))
     except (SafetensorError, OSError) as e:
         raise LumosError(f"{file}: cannot read safetensors: {e}") from None
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise LumosError(f"{file}: missing keys {missing[:5]} / unexpected keys {unexpected[:5]} "
-                         f"(was it written for another VQConfig?)")
-    for k, v in expected.items():
-        if state[k].shape != v.shape:
-            raise LumosError(f"{file}: {k} has shape {tuple(state[k].shape)}, the config expects {tuple(v.shape)}")
-        if state[k].dtype != v.dtype:
-            raise LumosError(f"{file}: {k} has dtype {state[k].dtype}, expected {v.dtype}")
-    return state
+    from lumos.checkpoint import check_weights
+
+    return check_weights(expected, state, file, config="the VQConfig", kind="a tokenizer of this VQConfig",
+                         dtype=True)
 
 
 def count_parameters(model: nn.Module) -> int:

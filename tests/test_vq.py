@@ -91,7 +91,7 @@ def test_bad_checkpoints_raise_lumos_error_naming_the_problem(tmp_path):
     cfg = json.loads((tmp_path / "vq_config.json").read_text())
     # wrong shape: the config now asks for wider convs than the weights have
     (tmp_path / "vq_config.json").write_text(json.dumps({**cfg, "channels": [16, 16]}))
-    with pytest.raises(LumosError, match=r"encoder\.stem\.weight has shape"):
+    with pytest.raises(LumosError, match=r"weight 'encoder\.stem\.weight' has shape"):
         VQTokenizer.from_pretrained(tmp_path)
     # an unknown config key
     (tmp_path / "vq_config.json").write_text(json.dumps({**cfg, "chanels": [8, 16]}))
