@@ -147,7 +147,7 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
         shutil.copytree(tokenizer, tmp / "tokenizer")
         atomic_write_json(tmp / "pipeline.json", {
             "height": 64, "width": 64, "num_frames": 17, "fps": 8, "num_inference_steps": 16,
-            "guidance_scale": 3.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
+            "guidance_scale": 2.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
             "prompt_template": PROMPT_TEMPLATE})
         state = json.loads((ckpt / "train_state.json").read_text())
         atomic_write_json(tmp / "provenance.json", {"checkpoint": str(ckpt), "step": state.get("step"),
