@@ -5,7 +5,8 @@ The whole recipe, on 2 CPU cores (times in the README):
     lumos train-tokenizer configs/tokenizer-moving-digits.toml       # 1. the video tokenizer (4x8x8, FSQ)
     python -m lumos.builtin prepare --out data/moving-digits         # 2. text tokenizer + token records
     lumos train configs/moving-digits.toml                           # 3. the transformer (AR-DF)
-    python -m lumos.builtin export runs/moving-digits                # 4. into lumos/assets/moving-digits
+    lumos train configs/moving-digits-stage2.toml                    # 4. 1,200 more steps, lower LR
+    python -m lumos.builtin export runs/moving-digits-stage2         # 5. into lumos/assets/moving-digits
 
 Step 2 renders clips of the "train" split in memory (`lumos.digits`), encodes them with the built-in
 video tokenizer in batches, and writes records in the format of `lumos.records` (what `lumos tokenize`
@@ -150,8 +151,10 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
             "guidance_scale": 2.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
             "prompt_template": PROMPT_TEMPLATE})
         state = json.loads((ckpt / "train_state.json").read_text())
+        train_cfg = Path(run) / "train_config.json"
+        init_from = json.loads(train_cfg.read_text()).get("init_from", "") if train_cfg.is_file() else ""
         atomic_write_json(tmp / "provenance.json", {"checkpoint": str(ckpt), "step": state.get("step"),
-                                                    "kept_tokenizer": keep_tokenizer})
+                                                    "init_from": init_from or None, "kept_tokenizer": keep_tokenizer})
     return out
 
 
