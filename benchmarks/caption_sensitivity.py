@@ -97,6 +97,7 @@ def main(argv=None) -> None:
                 counts += n
     print(f"caption sensitivity: {a.model}, {a.clips} validation clips, tube masks as in training "
           f"({time.perf_counter() - t0:.0f} s)")
+    print(f"prompt template: {pipe.defaults.prompt_template!r}")
     print(f"{'caption':<17}{'nats/code':>10}{'vs true':>9}  per latent frame")
     base = sums["true caption"].sum() / counts.sum()
     for v in VARIANTS:

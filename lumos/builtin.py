@@ -39,6 +39,13 @@ from lumos.utils import LumosError, atomic_dir, atomic_write_json
 
 ASSET = Path(__file__).resolve().parent / "assets" / "moving-digits"
 PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
+PREPARED_FILE = "prepared.json"  # in a `prepare` folder: the template, seed and size it was written with
+
+
+def prepared_with(data: str | Path) -> dict | None:
+    """The settings a `prepare` folder was written with (None if it has no PREPARED_FILE)."""
+    f = Path(data) / PREPARED_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
 SHARD = 1000            # records per shard
 IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I)
 
@@ -77,6 +84,17 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
 
     out = Path(out)
     text_path = out / "text_tokenizer.json"
+    # What the records were written with. A rerun resumes only the same preparation: records of another
+    # prompt template (or seed) must not be mixed in, nor exported under this template.
+    stamp = {"prompt_template": PROMPT_TEMPLATE, "seed": seed, "num_records": num_records}
+    if out.exists() and any(out.iterdir()):
+        found = prepared_with(out)
+        if found != stamp:
+            what = f"was prepared with {found}" if found else f"is not empty and has no {PREPARED_FILE}"
+            raise LumosError(f"{out} {what}, not {stamp}; use a new --out (or delete this folder)")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / PREPARED_FILE, stamp)
     if not text_path.is_file():
         train_text_tokenizer(caption_corpus(np.random.default_rng(seed)), text_vocab_size, text_path,
                              wrap_in_prompt=False)
@@ -138,6 +156,9 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
     found = list_checkpoints(Path(run) / "checkpoints")
     if not found:
         raise LumosError(f"{run}: no finished checkpoint to export")
+    stamp = prepared_with(data)
+    if stamp is None:
+        raise LumosError(f"{data}: no {PREPARED_FILE}; was it written by `python -m lumos.builtin prepare`?")
     ckpt = found[-1][1]
     model = LumosModel.from_pretrained(ckpt / "model")
     out, tokenizer = Path(out), Path(tokenizer)
@@ -149,7 +170,7 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
         atomic_write_json(tmp / "pipeline.json", {
             "height": 64, "width": 64, "num_frames": 17, "fps": 8, "num_inference_steps": 16,
             "guidance_scale": 2.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
-            "prompt_template": PROMPT_TEMPLATE})
+            "prompt_template": stamp["prompt_template"]})
         state = json.loads((ckpt / "train_state.json").read_text())
         train_cfg = Path(run) / "train_config.json"
         init_from = json.loads(train_cfg.read_text()).get("init_from", "") if train_cfg.is_file() else ""

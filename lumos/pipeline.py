@@ -14,7 +14,7 @@ optionally `pipeline.json` with defaults (`PipelineDefaults`). The released chec
 tokenizers elsewhere: pass `text_tokenizer=` / `video_tokenizer=` (paths or objects).
 
 The task follows from the arguments:
-- text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" and the video header has
+- text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" (released template) and the video header has
   duration 1, fps 1, as the released text-to-image evaluation does; guidance `image_guidance_scale` (16).
 - text-to-video: prompt `lumos.vocab.video_prompt(caption, width, height, num_frames, fps)` (the
   released template, or the model's own `prompt_template` from its pipeline.json), duration token
@@ -83,8 +83,11 @@ class PipelineDefaults:
             d = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise LumosError(f"{path}: cannot read pipeline defaults ({e})") from None
-        check_keys(cls, d, f"{path}: pipeline defaults")
-        return cls(**d)
+        check_keys(cls, d, "pipeline defaults", where=path)
+        try:
+            return cls(**d)
+        except LumosError as e:
+            raise LumosError(f"{path}: {e}") from None
 
 
 @dataclass

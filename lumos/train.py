@@ -524,7 +524,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         # world size, which DDP/FSDP divide by again when they average gradients): the sum of all
         # backward passes is then the gradient of the token-mean loss of the global batch.
         n_global = all_reduce_sum(torch.tensor([float(sum(t for t, _ in counts))]), rt).item()
-        # see _sums; kept on the device: no host sync per micro-batch, one copy per step below
+        # see _sums; kept on the device and copied once per step below (the loss's nonzero() still syncs)
         sums = torch.zeros(3 + 2 * cfg.max_frames, dtype=torch.float64, device=rt.device)
         for i, b in enumerate(micro):
             with _no_sync(model, rt, last=i == len(micro) - 1):

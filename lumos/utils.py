@@ -20,18 +20,19 @@ class LumosError(Exception):
     exits with code 2; the message names the problem and what to do."""
 
 
-def check_keys(cls, d, what: str, error: type[Exception] = LumosError) -> None:
+def check_keys(cls, d, what: str, error: type[Exception] = LumosError, where=None) -> None:
     """Strict config loading: `d` must be a dict whose keys are fields of the dataclass `cls`. A typo
     must not silently fall back to a default, so an unknown key raises `error` naming it:
-    "unknown {what} keys ['lerning_rate']; known: [...]"."""
+    "[{where}: ]unknown {what} keys ['lerning_rate']; known: [...]"."""
     import dataclasses
 
     known = sorted(f.name for f in dataclasses.fields(cls))
+    at = f"{where}: " if where else ""
     if not isinstance(d, dict):
-        raise error(f"{what} must be a table of keys ({', '.join(known)}), got {type(d).__name__}")
+        raise error(f"{at}{what} must be a table of keys ({', '.join(known)}), got {type(d).__name__}")
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise error(f"unknown {what} keys {unknown}; known: {known}")
+        raise error(f"{at}unknown {what} keys {unknown}; known: {known}")
 
 
 def _umask() -> int:

@@ -47,7 +47,12 @@ def check_prompt_template(template: str) -> str:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except (ValueError, TypeError) as e:
         raise ValueError(f"prompt template {template!r} is not a format string ({e})") from None
-    if "caption" not in names or not names <= set(PROMPT_FIELDS):
+    try:
+        ok = "caption" in names and names <= set(PROMPT_FIELDS)
+        template.format(caption="a", width=1, height=1, num_frames=1, fps=1)       # nested fields, bad specs
+    except (KeyError, IndexError, ValueError, AttributeError):
+        ok = False
+    if not ok:
         raise ValueError(f"prompt template {template!r} must contain {{caption}} and only the fields "
                          f"{{{'}, {'.join(PROMPT_FIELDS)}}}")
     return template

@@ -95,7 +95,7 @@ class VQConfig:
     @classmethod
     def from_dict(cls, d: dict, where: str = "VQConfig") -> "VQConfig":
         """Strict: an unknown key is an error naming it (a typo must not fall back to a default)."""
-        check_keys(cls, d, where)
+        check_keys(cls, d, "VQ config", where=where)
         try:
             return cls(**d)
         except (TypeError, ValueError) as e:

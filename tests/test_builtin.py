@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
-from lumos.builtin import caption_corpus, export, prepare
+from lumos.builtin import caption_corpus, export, prepare, prepared_with
 from lumos.records import RecordReader
 from lumos.train import TrainConfig, train
+from lumos.utils import LumosError
 from lumos.vocab import Vocab
 from _stand_ins import save_vq_stand_in
 
@@ -25,12 +27,20 @@ def test_prepare_train_export_generate(tmp_path):
     assert kinds.count(1) == 12 // 5 and kinds.count(5) == 12 - 12 // 5     # images and 17-frame clips
     again = prepare(tmp_path / "data", num_records=12, seed=0, tokenizer=tok, progress=False)  # resumes: no-op
     assert np.array_equal(RecordReader(again / "train")[3], reader[3])
+    # records of another preparation are never mixed in (nor exported under this one's prompt template)
+    with pytest.raises(LumosError, match="was prepared with .*'seed': 0.*use a new --out"):
+        prepare(tmp_path / "data", num_records=12, seed=1, tokenizer=tok, progress=False)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "text_tokenizer.json").write_text("{}")
+    with pytest.raises(LumosError, match="has no prepared.json"):
+        prepare(tmp_path / "old", num_records=12, seed=0, tokenizer=tok, progress=False)
 
     train(TrainConfig(model="tiny", data=[str(data / "train")], max_frames=5, max_steps=2, batch_size=4,
                       warmup_steps=1, tensorboard=False, out_dir=str(tmp_path / "run")))
     out = export(tmp_path / "run", data=data, out=tmp_path / "asset", tokenizer=tok)
     from lumos.pipeline import LumosPipeline
     pipe = LumosPipeline.from_pretrained(out)
+    assert pipe.defaults.prompt_template == prepared_with(data)["prompt_template"] == "{caption}"
     video = pipe("a red 3 moving left", num_inference_steps=2, generator=__import__("torch").Generator().manual_seed(0),
                  progress=False)
     assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8

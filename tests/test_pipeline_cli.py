@@ -191,7 +191,10 @@ def test_from_pretrained_reads_defaults_and_takes_overrides(pipe_dir):
     tok = FakeTextTokenizer()
     assert LumosPipeline.from_pretrained(pipe_dir, text_tokenizer=tok).text_tokenizer is tok
     (pipe_dir / "pipeline.json").write_text(json.dumps({"heigth": 16}))
-    with pytest.raises(LumosError, match="unknown .*pipeline defaults keys"):
+    with pytest.raises(LumosError, match=r"pipeline\.json: unknown pipeline defaults keys \['heigth'\]"):
+        LumosPipeline.from_pretrained(pipe_dir)
+    (pipe_dir / "pipeline.json").write_text(json.dumps({"prompt_template": "{caption} {fsp}"}))
+    with pytest.raises(LumosError, match=r"pipeline\.json: pipeline defaults: prompt template"):
         LumosPipeline.from_pretrained(pipe_dir)
     with pytest.raises(LumosError, match="no such folder and not a built-in model"):
         LumosPipeline.from_pretrained(pipe_dir / "missing")

@@ -95,7 +95,7 @@ def test_video_prompt_template():
                  "second, according to the following prompt:\n a cat")
     assert video_prompt("a cat", 64, 64, 17, 8, template="{caption}") == "a cat"
     assert video_prompt("a cat", 64, 32, 17, 8, template="{width}x{height}: {caption}") == "64x32: a cat"
-    for bad in ("no caption here", "{captoin}", "{caption} at {fsp} fps", "{caption", 3):
+    for bad in ("no caption here", "{captoin}", "{caption} at {fsp} fps", "{caption", "{caption:{x}}", 3):
         with pytest.raises(ValueError, match="prompt template"):
             video_prompt("a cat", 64, 64, 17, 8, template=bad)
 
