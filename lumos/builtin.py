@@ -10,17 +10,18 @@ The whole recipe, on 2 CPU cores (times in the README):
 
 Step 2 renders clips of the "train" split in memory (`lumos.digits`), encodes them with the built-in
 video tokenizer in batches, and writes records in the format of `lumos.records` (what `lumos tokenize`
-writes for media files), with the exact prompt text the pipeline uses at generation time. Videos and still images are mixed
-(joint text-to-video / text-to-image training).
+writes for media files), with the exact prompt text the pipeline uses at generation time. Videos and
+still images are mixed (joint text-to-video / text-to-image training). Shards are written atomically
+and a rerun skips finished ones, so a killed run resumes; `prepared.json` records the template, seed
+and size, so a rerun never mixes in records of another preparation.
 
 The prompt is the bare caption (`PROMPT_TEMPLATE`, written into the exported pipeline.json), not the
 released template "Generate a video with a resolution of 64x64, consisting of 17 frames at 8 frames per
-second, ...". Two reasons, both measured (benchmarks/caption_sensitivity.py): the template spells its
-numbers digit by digit, so the caption's digit ("a red 3") is one of eight digit tokens in the text
-and a 3M-parameter model trained with it for 2,300 steps ignored it entirely (a wrong digit in the
-caption changed the loss by +0.002 nats/code, a wrong colour by +0.57); and its ~55 constant tokens
-are 15% of every training sequence. Resolution, length and fps are in the video header anyway. Shards are written atomically and a rerun skips
-finished ones, so a killed run resumes.
+second, ...". The template spells its numbers digit by digit, so the caption's digit ("a red 3") is
+one of eight digit tokens in the text, and a 3M-parameter model trained with it for 2,300 steps ignored
+it (benchmarks/caption_sensitivity.py: a wrong digit changed the loss by +0.002 nats/code, a wrong
+colour by +0.57). Its ~55 constant tokens were also 15% of every sequence; resolution, length and fps
+are in the video header anyway.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ from lumos.utils import LumosError, atomic_dir, atomic_write_json
 ASSET = Path(__file__).resolve().parent / "assets" / "moving-digits"
 PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
 PREPARED_FILE = "prepared.json"  # in a `prepare` folder: the template, seed and size it was written with
+SHARD = 1000            # records per shard
+IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I)
 
 
 def prepared_with(data: str | Path) -> dict | None:
     """The settings a `prepare` folder was written with (None if it has no PREPARED_FILE)."""
     f = Path(data) / PREPARED_FILE
     return json.loads(f.read_text()) if f.is_file() else None
-SHARD = 1000            # records per shard
-IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I)
 
 
 def caption_corpus(rng: np.random.Generator, n_two: int = 2000) -> list[str]:

@@ -14,8 +14,9 @@ optionally `pipeline.json` with defaults (`PipelineDefaults`). The released chec
 tokenizers elsewhere: pass `text_tokenizer=` / `video_tokenizer=` (paths or objects).
 
 The task follows from the arguments:
-- text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" (released template) and the video header has
-  duration 1, fps 1, as the released text-to-image evaluation does; guidance `image_guidance_scale` (16).
+- text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" (released template) and the
+  video header has duration 1, fps 1, as the released text-to-image evaluation does; guidance
+  `image_guidance_scale` (16).
 - text-to-video: prompt `lumos.vocab.video_prompt(caption, width, height, num_frames, fps)` (the
   released template, or the model's own `prompt_template` from its pipeline.json), duration token
   round(num_frames / fps) (>= 1), fps token fps; latent frames by the tokenizer's causal rule.

@@ -57,7 +57,7 @@ from lumos.config import ModelConfig
 from lumos.loss import masked_visual_loss
 from lumos.masking import MODES, SCHEDULES
 from lumos.parallelize import PARALLEL, parallelize
-from lumos.utils import LumosError, atomic_dir, check_keys, atomic_write, atomic_write_json
+from lumos.utils import LumosError, atomic_dir, atomic_write, atomic_write_json, check_keys
 
 CKPT_RE = re.compile(r"^step-(\d{6,})$")
 STATE = "train_state.json"

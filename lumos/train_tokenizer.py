@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lumos.digits import DigitsConfig, sample_clip, sample_image
-from lumos.utils import LumosError, atomic_dir, check_keys, atomic_write_json
+from lumos.utils import LumosError, atomic_dir, atomic_write_json, check_keys
 from lumos.vq import VQConfig, VQTokenizer, count_parameters, load_weights, video_psnr
 
 CHECKPOINT_DIR = "checkpoint"

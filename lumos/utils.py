@@ -8,6 +8,7 @@ old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -24,8 +25,6 @@ def check_keys(cls, d, what: str, error: type[Exception] = LumosError, where=Non
     """Strict config loading: `d` must be a dict whose keys are fields of the dataclass `cls`. A typo
     must not silently fall back to a default, so an unknown key raises `error` naming it:
     "[{where}: ]unknown {what} keys ['lerning_rate']; known: [...]"."""
-    import dataclasses
-
     known = sorted(f.name for f in dataclasses.fields(cls))
     at = f"{where}: " if where else ""
     if not isinstance(d, dict):

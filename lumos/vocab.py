@@ -23,6 +23,8 @@ grids `[F, h, w]`. Everything here is plain numpy/python: it runs in data worker
 
 from __future__ import annotations
 
+import functools
+import string
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -41,13 +43,16 @@ PROMPT_FIELDS = ("caption", "width", "height", "num_frames", "fps")
 
 def check_prompt_template(template: str) -> str:
     """A prompt template must be a str.format pattern naming {caption} and only PROMPT_FIELDS."""
-    import string
+    if not isinstance(template, str):
+        raise ValueError(f"prompt template {template!r} must be a string with a {{caption}} field")
+    return _check_template(template)
 
+
+@functools.lru_cache(maxsize=16)
+def _check_template(template: str) -> str:
+    # Cached: `video_prompt` checks its template on every call (20k calls per `lumos.builtin prepare`).
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"prompt template {template!r} is not a format string ({e})") from None
-    try:
         ok = "caption" in names and names <= set(PROMPT_FIELDS)
         template.format(caption="a", width=1, height=1, num_frames=1, fps=1)       # nested fields, bad specs
     except (KeyError, IndexError, ValueError, AttributeError):

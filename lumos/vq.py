@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lumos.utils import LumosError, atomic_write, check_keys, atomic_write_json
+from lumos.utils import LumosError, atomic_write, atomic_write_json, check_keys
 from lumos.video_tokenizer import VideoTokenizer
 
 CONFIG_FILE = "vq_config.json"
