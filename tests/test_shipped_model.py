@@ -7,9 +7,12 @@ stream, so only real changes of behaviour move them. To regenerate after an inte
     python -c "import tests.test_shipped_model as t; t.print_golden()"
 """
 
+import json
+
 import numpy as np
 import torch
 
+from lumos.builtin import PROMPT_TEMPLATE, SAMPLING
 from lumos.pipeline import LumosPipeline, resolve_model
 
 SETTINGS = dict(num_inference_steps=4, temperature=0.0, remask_temperature=0.0, progress=False)
@@ -39,6 +42,8 @@ def test_shipped_model_loads_by_name():
     assert 2e6 < pipe.model.num_params() < 10e6
     assert pipe.defaults.num_frames == 17 and (pipe.defaults.height, pipe.defaults.width) == (64, 64)
     assert pipe.defaults.prompt_template == "{caption}"            # trained on the bare caption (lumos.builtin)
+    # the shipped generation defaults are exactly what `python -m lumos.builtin export` writes
+    assert json.loads((folder / "pipeline.json").read_text()) == {**SAMPLING, "prompt_template": PROMPT_TEMPLATE}
 
 
 def test_golden_tokens():
