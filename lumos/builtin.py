@@ -39,18 +39,18 @@ from tqdm import tqdm
 
 from lumos.utils import LumosError, atomic_dir, atomic_write_json
 
+ASSET = Path(__file__).resolve().parent / "assets" / "moving-digits"
+PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
+PREPARED_FILE = "prepared.json"  # in a `prepare` folder: the template, seed and size it was written with
+SHARD = 1000            # records per shard
+IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I)
+
 # The generation defaults written into the exported pipeline.json. Guidance 2 and temperature 0.6
 # were picked on the validation captions only (`lumos eval --sets val`); the held-out combinations
 # were scored once, afterwards (docs/eval-moving-digits.md).
 SAMPLING = {"height": 64, "width": 64, "num_frames": 17, "fps": 8, "num_inference_steps": 16,
             "guidance_scale": 2.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
             "temperature": 0.6}
-
-ASSET = Path(__file__).resolve().parent / "assets" / "moving-digits"
-PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
-PREPARED_FILE = "prepared.json"  # in a `prepare` folder: the template, seed and size it was written with
-SHARD = 1000            # records per shard
-IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I)
 
 
 def prepared_with(data: str | Path) -> dict | None:

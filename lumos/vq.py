@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lumos.checkpoint import check_weights
 from lumos.utils import LumosError, atomic_write, atomic_write_json, check_keys
 from lumos.video_tokenizer import VideoTokenizer
 
@@ -393,8 +394,6 @@ def load_weights(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
         state = load_file(str(file))
     except (SafetensorError, OSError) as e:
         raise LumosError(f"{file}: cannot read safetensors: {e}") from None
-    from lumos.checkpoint import check_weights
-
     return check_weights(expected, state, file, config="the VQConfig", kind="a tokenizer of this VQConfig",
                          dtype=True)
 
