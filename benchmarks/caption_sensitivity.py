@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from lumos import digits as D
-from lumos.loss import masked_visual_loss
-from lumos.masking import corrupt, drop_text
+from lumos.world import digits as D
+from lumos.train.loss import masked_visual_loss
+from lumos.train.masking import corrupt, drop_text
 from lumos.masks import frame_causal_mask, frame_ids
 from lumos.pipeline import (DEFAULTS_FILE, TEXT_TOKENIZER_FILE, VIDEO_TOKENIZER_DIR, LumosPipeline, PipelineDefaults,
                             resolve_model)

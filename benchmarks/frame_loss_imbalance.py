@@ -22,7 +22,7 @@ import tempfile
 
 import torch
 
-from lumos.train import TrainConfig, train
+from lumos.train.loop import TrainConfig, train
 
 
 def run(mode: str, steps: int, out: str, classes: int, block: int, noise: float) -> list[dict]:

@@ -26,7 +26,7 @@ import argparse
 
 import torch
 
-from lumos.loss import full_vocab_loss, masked_visual_loss
+from lumos.train.loss import full_vocab_loss, masked_visual_loss
 from lumos.vocab import Vocab
 
 

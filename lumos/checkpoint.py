@@ -6,9 +6,10 @@ weights as `model.safetensors`, or as shards `model-0000k-of-0000n.safetensors` 
 HF names (`model.layers.3.self_attn.q_proj.weight`, `lm_head.weight`, ...). `model.vqmodel.*` (the
 unused Chameleon VQ-GAN) is ignored. bf16 and fp32 files both load.
 
-Loading builds the model on the meta device and assigns the file's tensors, so a 3B model is never
-initialised twice. Any missing key, unexpected key, or shape mismatch is one `LumosError` naming the
-key. Pickle files (`pytorch_model.bin`) are only read with `torch.load(weights_only=True)`, which
+File I/O only: `read_config`, `read_weights`, `check_state_dict`, `save_state_dict`. The model builds
+itself from them (`LumosModel.from_pretrained`: meta device, then the file's tensors assigned, so a 3B
+model is never initialised twice). Any missing key, unexpected key, or shape mismatch is one
+`LumosError` naming the key. Pickle files (`pytorch_model.bin`) are only read with `torch.load(weights_only=True)`, which
 refuses anything but tensors.
 """
 
@@ -22,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lumos.config import ModelConfig
-from lumos.utils import LumosError, atomic_dir
+from lumos.utils import LumosError, atomic_dir, check_weights
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -79,60 +80,18 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     raise LumosError(f"{path}: no {SINGLE} or {INDEX} found")
 
 
-def check_weights(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], where, *,
-                  config: str = "its config.json", kind: str = "a Lumos-1 checkpoint",
-                  dtype: bool = False) -> dict[str, torch.Tensor]:
-    """One clear error for the first missing key, unexpected key, wrong shape (or, with dtype=True,
-    wrong dtype) of `sd` against `expected` (a state_dict, possibly of meta tensors). Returns sd."""
-    missing = [k for k in expected if k not in sd]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise LumosError(f"{where}: missing weight {missing[0]!r}{more}; the checkpoint does not match {config}")
-    unexpected = [k for k in sd if k not in expected]
-    if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise LumosError(f"{where}: unexpected weight {unexpected[0]!r}{more}; is this {kind}?")
-    for k, v in expected.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise LumosError(f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, {config} expects "
-                             f"{tuple(v.shape)}")
-        if dtype and sd[k].dtype != v.dtype:
-            raise LumosError(f"{where}: weight {k!r} has dtype {sd[k].dtype}, expected {v.dtype}")
-    return sd
-
-
-def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
-    """Drop ignored keys (the released files carry the VQ model); then `check_weights`."""
+def check_state_dict(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
+    """Drop ignored keys (the released files carry the VQ model); then `lumos.utils.check_weights`
+    against `expected` (a model's state_dict, possibly of meta tensors)."""
     sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
-    return check_weights(model.state_dict(), sd, where)
-
-
-def load_pretrained(path, device=None, dtype=None):
-    """Build a `LumosModel` from a checkpoint folder. dtype None keeps the file's dtype."""
-    from lumos.model import LumosModel
-
-    path = Path(path)
-    if not path.is_dir():
-        raise LumosError(f"{path}: no such checkpoint folder")
-    cfg = read_config(path)
-    with torch.device("meta"):
-        model = LumosModel(cfg)
-    sd = check_state_dict(model, read_weights(path), path)
-    sd = {k: v.to(device=device or "cpu", dtype=dtype or v.dtype) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model
-
-
-def save_pretrained(model, path, dtype=torch.bfloat16, max_shard_bytes: int = 5 * 2**30) -> None:
-    """Write `config.json` + safetensors (sharded above `max_shard_bytes`, with the HF index) atomically:
-    the folder appears complete or not at all."""
-    save_state_dict(model.state_dict(), model.config, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    return check_weights(expected, sd, where)
 
 
 def save_state_dict(state_dict: dict, config: ModelConfig, path, dtype=torch.bfloat16,
                     max_shard_bytes: int = 5 * 2**30) -> None:
-    """`save_pretrained` from a state dict and its config (e.g. a full state dict gathered from FSDP
-    shards on rank 0, where no unsharded module exists)."""
+    """Write `config.json` + safetensors (sharded above `max_shard_bytes`, with the HF index) atomically:
+    the folder appears complete or not at all. Takes a state dict and its config, so the same call
+    serves `LumosModel.save_pretrained` and a full state dict gathered from FSDP shards on rank 0."""
     path = Path(path)
     sd = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state_dict.items()}
     shards, cur, size = [], {}, 0

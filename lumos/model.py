@@ -22,14 +22,17 @@ The model knows nothing of sampling, the tokenizers or distributed training (`lu
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lumos import checkpoint
 from lumos.config import ModelConfig
 from lumos.masks import frame_causal_block_mask, frame_causal_mask, frame_ids
 from lumos.positions import Positions, rope_cos_sin, rope_for
+from lumos.utils import LumosError
 
 
 # ---------------------------------------------------------------------------------------------- norms
@@ -220,12 +223,21 @@ class LumosModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> "LumosModel":
-        from lumos.checkpoint import load_pretrained
-        return load_pretrained(path, device=device, dtype=dtype)
+        """Build the model from a checkpoint folder (`lumos.checkpoint`): on the meta device, then the
+        file's tensors are assigned (no second initialisation). dtype None keeps the file's dtype."""
+        path = Path(path)
+        if not path.is_dir():
+            raise LumosError(f"{path}: no such checkpoint folder")
+        with torch.device("meta"):
+            model = cls(checkpoint.read_config(path))
+        sd = checkpoint.check_state_dict(model.state_dict(), checkpoint.read_weights(path), path)
+        sd = {k: v.to(device=device or "cpu", dtype=dtype or v.dtype) for k, v in sd.items()}
+        model.load_state_dict(sd, strict=True, assign=True)
+        return model
 
     def save_pretrained(self, path, dtype=torch.bfloat16, max_shard_bytes: int = 5 * 2**30) -> None:
-        from lumos.checkpoint import save_pretrained
-        save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        """`config.json` + safetensors, written atomically (`lumos.checkpoint.save_state_dict`)."""
+        checkpoint.save_state_dict(self.state_dict(), self.config, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:

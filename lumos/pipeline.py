@@ -129,7 +129,7 @@ def _load_text_tokenizer(path: Path):
     if not path.is_file():
         raise LumosError(f"{path}: text tokenizer not found; released checkpoints keep it elsewhere "
                          f"(tokenizer/text_tokenizer.json on the hub): pass text_tokenizer= / --text-tokenizer")
-    from lumos.text_tokenizer import TextTokenizer   # lazy: only needed when loading from a folder
+    from lumos.tokenizers.text import TextTokenizer   # lazy: only needed when loading from a folder
     return TextTokenizer(path)
 
 

@@ -1,4 +1,5 @@
-"""Small shared helpers: the user-facing error type, strict config keys and atomic file writes.
+"""Small shared helpers: the user-facing error type, strict config keys, the weights check and atomic
+file writes.
 
 Every file lumos writes goes through `atomic_write` / `atomic_dir`: written to a temporary name in the
 same folder, flushed, then renamed over the target, so a job killed at any moment leaves either the
@@ -32,6 +33,27 @@ def check_keys(cls, d, what: str, error: type[Exception] = LumosError, where=Non
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise error(f"{at}unknown {what} keys {unknown}; known: {known}")
+
+def check_weights(expected: dict, sd: dict, where, *,
+                  config: str = "its config.json", kind: str = "a Lumos-1 checkpoint",
+                  dtype: bool = False) -> dict:
+    """One clear error for the first missing key, unexpected key, wrong shape (or, with dtype=True,
+    wrong dtype) of `sd` against `expected` (a state_dict, possibly of meta tensors). Returns sd."""
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise LumosError(f"{where}: missing weight {missing[0]!r}{more}; the checkpoint does not match {config}")
+    unexpected = [k for k in sd if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise LumosError(f"{where}: unexpected weight {unexpected[0]!r}{more}; is this {kind}?")
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise LumosError(f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, {config} expects "
+                             f"{tuple(v.shape)}")
+        if dtype and sd[k].dtype != v.dtype:
+            raise LumosError(f"{where}: weight {k!r} has dtype {sd[k].dtype}, expected {v.dtype}")
+    return sd
 
 
 def _umask() -> int:

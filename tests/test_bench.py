@@ -3,7 +3,7 @@ sampler and, independently, by wrapping the model), and the command prints its t
 
 import pytest
 
-from lumos.bench import run_bench
+from lumos.cli.bench import run_bench
 from lumos.cli import main
 from lumos.config import ModelConfig
 from lumos.model import LumosModel

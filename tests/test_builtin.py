@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from lumos.builtin import caption_corpus, export, prepare, prepared_with
-from lumos.records import RecordReader
-from lumos.train import TrainConfig, train
+from lumos.world.builtin import caption_corpus, export, prepare, prepared_with
+from lumos.data.records import RecordReader
+from lumos.train.loop import TrainConfig, train
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
 from _stand_ins import save_vq_stand_in
@@ -45,7 +45,7 @@ def test_prepare_train_export_generate(tmp_path):
                  progress=False)
     assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
 
-    from lumos.demo import demo
+    from lumos.world.demo import demo
     files = demo(tmp_path / "demo", model=out, progress=False)
     names = sorted(f.name for f in files)
     assert names == ["heldout.gif", "heldout.mp4", "i2v.gif", "i2v.mp4", "t2i.png", "t2v.gif", "t2v.mp4"]

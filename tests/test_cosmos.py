@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from _stand_ins import save_cosmos_stand_in, save_vq_stand_in
-from lumos.cosmos import CosmosTokenizer
+from lumos.tokenizers.cosmos import CosmosTokenizer
 from lumos.tokenizers import load_video_tokenizer
 from lumos.utils import LumosError
 

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from lumos import digits as D
-from lumos.digits import (ALL_COMBOS, CAPTION_RE, COLOURS, DIRECTIONS, HELD_OUT, IMAGE_CAPTION_RE, SEEN_COMBOS,
+from lumos.world import digits as D
+from lumos.world.digits import (ALL_COMBOS, CAPTION_RE, COLOURS, DIRECTIONS, HELD_OUT, IMAGE_CAPTION_RE, SEEN_COMBOS,
                           DigitsConfig, parse_caption, psnr, sample_clip, sample_image, sample_splits,
                           write_dataset)
 from lumos.media import read_media

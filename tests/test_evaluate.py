@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lumos.evaluate as E
+import lumos.world.evaluate as E
 import lumos.pipeline as P
-from lumos import digits as D
+from lumos.world import digits as D
 from lumos.cli import main
 
 N_CLIPS = 150        # per split: 300 ground-truth clips in all
@@ -202,7 +202,7 @@ def _tiny_pipe():
     """A random 2-layer model with a causal 4x8x8 grey tokenizer: checks the wiring, not the quality."""
     from lumos.config import ModelConfig
     from lumos.model import LumosModel
-    from lumos.video_tokenizer import VideoTokenizer
+    from lumos.tokenizers.base import VideoTokenizer
 
     class TextTok:
         def encode(self, text):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lumos.loss import chunked_visual_ce, full_vocab_loss, masked_visual_loss
+from lumos.train.loss import chunked_visual_ce, full_vocab_loss, masked_visual_loss
 from lumos.vocab import Vocab
 
 # A vocabulary whose text part is much larger than the codebook, like the released one.

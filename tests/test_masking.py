@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lumos.masking import apply_mask, cfg_dropout, corrupt, draw_mask, drop_text, frame_layout, mask_ratio
+from lumos.train.masking import apply_mask, cfg_dropout, corrupt, draw_mask, drop_text, frame_layout, mask_ratio
 from lumos.vocab import Vocab
 from seqs import t2v
 

@@ -15,7 +15,7 @@ from lumos.config import ModelConfig
 from lumos.model import LumosModel
 from lumos.pipeline import LumosPipeline, PipelineDefaults
 from lumos.utils import LumosError
-from lumos.video_tokenizer import VideoTokenizer
+from lumos.tokenizers.base import VideoTokenizer
 
 
 

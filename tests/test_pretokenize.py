@@ -18,10 +18,10 @@ import pytest
 from _stand_ins import save_cosmos_stand_in, save_vq_stand_in
 from lumos import media
 from lumos.cli import main as cli_main
-from lumos.cosmos import CosmosTokenizer
-from lumos.pretokenize import pretokenize
-from lumos.records import RecordReader, load_official_record
-from lumos.text_tokenizer import TextTokenizer, train_text_tokenizer
+from lumos.tokenizers.cosmos import CosmosTokenizer
+from lumos.data.pretokenize import pretokenize
+from lumos.data.records import RecordReader, load_official_record
+from lumos.tokenizers.text import TextTokenizer, train_text_tokenizer
 from lumos.utils import LumosError
 from lumos.vocab import Vocab, video_prompt
 
@@ -148,8 +148,8 @@ def test_records_parse_and_match_a_direct_encode(dataset, reference_run):
 
 CHILD = """
 import sys, time
-from lumos.cosmos import CosmosTokenizer
-from lumos.pretokenize import pretokenize
+from lumos.tokenizers.cosmos import CosmosTokenizer
+from lumos.data.pretokenize import pretokenize
 slow = CosmosTokenizer.encode
 def encode(self, video):
     time.sleep(0.25)  # make the run long enough to be killed halfway
@@ -262,7 +262,7 @@ def shared_data() -> Path:
 def test_official_records_load_through_the_reader_format(tmp_path):
     """The authors' records, rewritten into our shard format, read back by RecordReader and capped
     to the reference's training length."""
-    from lumos.records import build_index, shard_name, write_shard
+    from lumos.data.records import build_index, shard_name, write_shard
 
     vocab = Vocab.chameleon()
     tokens = [load_official_record(shared_data() / "official-records" / f"video-{i}.json.gz") for i in (0, 1)]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumos.records import (RecordReader, build_index, cap_frames, load_official_record, shard_name,
+from lumos.data.records import (RecordReader, build_index, cap_frames, load_official_record, shard_name,
                            write_shard)
-from lumos.text_tokenizer import train_text_tokenizer
+from lumos.tokenizers.text import train_text_tokenizer
 from lumos.utils import LumosError
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
 

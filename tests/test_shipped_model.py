@@ -12,7 +12,7 @@ import json
 import numpy as np
 import torch
 
-from lumos.builtin import PROMPT_TEMPLATE, SAMPLING
+from lumos.world.builtin import PROMPT_TEMPLATE, SAMPLING
 from lumos.pipeline import LumosPipeline, resolve_model
 
 SETTINGS = dict(num_inference_steps=4, temperature=0.0, remask_temperature=0.0, progress=False)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lumos.text_tokenizer import TextTokenizer, train_text_tokenizer
+from lumos.tokenizers.text import TextTokenizer, train_text_tokenizer
 from lumos.utils import LumosError
 from lumos.vocab import Vocab, video_prompt
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from lumos.model import LumosModel
-from lumos.train import TrainConfig, get_lr, list_checkpoints, train
+from lumos.train.loop import TrainConfig, get_lr, list_checkpoints, train
 from lumos.utils import LumosError
 
 ROOT = Path(__file__).resolve().parents[1]

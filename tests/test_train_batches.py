@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lumos.batches import BatchOptions, Batcher, ConcatSource, SyntheticVideos, fetch
-from lumos.records import RecordReader, build_index, write_shard
-from lumos.train import TrainConfig, train
+from lumos.train.batches import BatchOptions, Batcher, ConcatSource, SyntheticVideos, fetch
+from lumos.data.records import RecordReader, build_index, write_shard
+from lumos.train.loop import TrainConfig, train
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
 from seqs import t2v

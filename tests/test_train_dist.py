@@ -29,7 +29,7 @@ def sets(**kw) -> list[str]:
 
 
 def config(**kw):
-    from lumos.train import TrainConfig
+    from lumos.train.loop import TrainConfig
 
     return TrainConfig.from_toml(TINY, sets(**kw))
 
@@ -47,7 +47,7 @@ def torchrun(args, tmp) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from lumos.train import train
+    from lumos.train.loop import train
 
     tmp = tmp_path_factory.mktemp("dist")
     train(config(out_dir=str(tmp / "single")))   # one thread (conftest), as the OMP_NUM_THREADS=1 workers
@@ -89,7 +89,7 @@ def test_fsdp_bf16_mixed_precision(runs):
 
 
 def test_fsdp_checkpoint_needs_fsdp_to_resume(runs, tmp_path):
-    from lumos.train import train
+    from lumos.train.loop import train
     from lumos.utils import LumosError
 
     shutil.copytree(runs / "fsdp", tmp_path / "run")
@@ -108,7 +108,7 @@ def _worker(root: Path) -> None:
     """Runs on each of 2 ranks (see the module docstring)."""
     import torch.distributed as dist
 
-    from lumos.train import train
+    from lumos.train.loop import train
 
     dist.init_process_group("gloo")  # train() reuses it and leaves it open between the runs
     src, dst = root / "fsdp", root / "fsdp_resume"

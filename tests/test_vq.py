@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lumos.cli import main as cli_main
-from lumos.digits import sample_clip
-from lumos.train_tokenizer import config_from_dict, load_config, train_tokenizer
+from lumos.world.digits import sample_clip
+from lumos.world.train_tokenizer import config_from_dict, load_config, train_tokenizer
 from lumos.utils import LumosError
-from lumos.vq import CONFIGS, FSQ, VQTokenizer, video_psnr
+from lumos.tokenizers.vq import CONFIGS, FSQ, VQTokenizer, video_psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,10 +45,14 @@ def test_causal_frame_count_shapes_and_dtypes(k_s, T):
     assert codes.min() >= 0 and codes.max() < tok.codebook_size == 60
     video = tok.decode(codes)
     assert video.shape == (1 + 4 * (t - 1), 16, 16, 3) and video.dtype == torch.uint8
-    # batched internals agree with the single-video path
+    # Batched internals agree with the single-video path. Not bit-exact by construction: a batch of 2
+    # may take another conv kernel (another summation order) than a batch of 1, so a float can move by
+    # an ulp; an FSQ code may then flip at a rounding edge (rare: at most 1% of codes), and a decoded
+    # pixel by one uint8 level (seen on AMD EPYC). The decoded check uses the same codes on both paths.
     batch = tok.encode_batch(torch.stack([rand_video(T), rand_video(T, seed=1)]))
-    assert torch.equal(batch[0], codes)
-    assert torch.equal(tok.decode_batch(batch)[0], video)
+    assert (batch[0] != codes).float().mean() <= 0.01
+    diff = (tok.decode_batch(batch)[0].int() - tok.decode(batch[0]).int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() <= 0.01
 
 
 def test_fsq_codes_in_range_and_round_trip():

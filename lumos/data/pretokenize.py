@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from lumos import media
-from lumos.records import build_index, list_shards, read_shard_meta, shard_name, write_shard
+from lumos.data.records import build_index, list_shards, read_shard_meta, shard_name, write_shard
 from lumos.utils import LumosError, atomic_write_json
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
 
@@ -136,7 +136,7 @@ def _sha256(path) -> str:
 
 def _describe_video_tokenizer(path) -> dict:
     """Class and geometry of the visual tokenizer, without loading Cosmos weights."""
-    from lumos.cosmos import DECODER_FILE, ENCODER_FILE, CosmosTokenizer
+    from lumos.tokenizers.cosmos import DECODER_FILE, ENCODER_FILE, CosmosTokenizer
     from lumos.tokenizers import load_video_tokenizer
 
     path = Path(path)
@@ -173,7 +173,7 @@ class _Context:
     """Everything one process needs to tokenize rows (built once per worker)."""
 
     def __init__(self, cfg: TokenizeConfig, plan: dict, video_tokenizer=None):
-        from lumos.text_tokenizer import TextTokenizer
+        from lumos.tokenizers.text import TextTokenizer
         from lumos.tokenizers import load_video_tokenizer
 
         self.cfg, self.plan = cfg, plan
@@ -275,7 +275,7 @@ def _work(task: tuple[int, list]) -> dict:
 # ------------------------------------------------------------------------------------------ driver
 def _plan(cfg: TokenizeConfig, rows: list[dict]) -> dict:
     """Decisions shared by every process, and the settings fingerprint stored in each shard."""
-    from lumos.text_tokenizer import TextTokenizer
+    from lumos.tokenizers.text import TextTokenizer
 
     text = TextTokenizer(cfg.text_tokenizer)
     vt = _describe_video_tokenizer(cfg.tokenizer)

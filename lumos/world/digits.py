@@ -45,7 +45,7 @@ Design choices, and why:
 Everything is deterministic given an explicit `np.random.Generator`; nothing seeds global state.
 
     import numpy as np
-    from lumos.digits import DigitsConfig, sample_clip, write_dataset
+    from lumos.world.digits import DigitsConfig, sample_clip, write_dataset
     video, caption, meta = sample_clip("train", np.random.default_rng(0))   # uint8 [17, 64, 64, 3]
     write_dataset("data/digits-train", n=10_000, split="train", seed=0)     # mp4 files + captions.csv
 """
@@ -392,6 +392,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     form of `lumos.vq.video_psnr`, the one definition the tokenizer metrics use too."""
     import torch
 
-    from lumos.vq import video_psnr
+    from lumos.tokenizers.vq import video_psnr
 
     return float(video_psnr(torch.as_tensor(np.asarray(a))[None], torch.as_tensor(np.asarray(b))[None])[0])

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lumos.masking import MODES, SCHEDULES, cfg_dropout, corrupt
-from lumos.records import cap_frames
+from lumos.train.masking import MODES, SCHEDULES, cfg_dropout, corrupt
+from lumos.data.records import cap_frames
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
 
@@ -170,7 +170,7 @@ class SyntheticVideos:
 
 def open_source(paths: list[str]):
     """Record folders -> one source (`RecordReader`, or a `ConcatSource` of several) and its vocab."""
-    from lumos.records import RecordReader  # lazily: the records module is only needed for real data
+    from lumos.data.records import RecordReader  # lazily: the records module is only needed for real data
 
     readers = [RecordReader(p) for p in paths]
     for r in readers[1:]:

@@ -10,14 +10,14 @@ import inspect
 from pathlib import Path
 
 from lumos.utils import LumosError
-from lumos.video_tokenizer import VideoTokenizer
+from lumos.tokenizers.base import VideoTokenizer
 
 
 def load_video_tokenizer(path, device="cpu", **kwargs) -> VideoTokenizer:
     """A `VideoTokenizer` for the folder `path`: Cosmos when it has encoder.jit or decoder.jit, the
     built-in VQ tokenizer when it has vq_config.json. `kwargs` go to the Cosmos constructor (dtype,
     encoder=False, ...)."""
-    from lumos.cosmos import DECODER_FILE, ENCODER_FILE, CosmosTokenizer
+    from lumos.tokenizers.cosmos import DECODER_FILE, ENCODER_FILE, CosmosTokenizer
 
     path = Path(path)
     if not path.is_dir():
@@ -25,7 +25,7 @@ def load_video_tokenizer(path, device="cpu", **kwargs) -> VideoTokenizer:
     if (path / ENCODER_FILE).exists() or (path / DECODER_FILE).exists():
         return CosmosTokenizer(path, device=device, **kwargs)   # names the missing half, if any
     if (path / "vq_config.json").exists():
-        from lumos.vq import VQTokenizer  # lazy: the built-in tokenizer's module is only needed here
+        from lumos.tokenizers.vq import VQTokenizer  # lazy: the built-in tokenizer's module is only needed here
 
         load = VQTokenizer.from_pretrained
         if "device" in inspect.signature(load).parameters:

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lumos.digits import DigitsConfig, sample_clip, sample_image
+from lumos.world.digits import DigitsConfig, sample_clip, sample_image
 from lumos.utils import LumosError, atomic_dir, atomic_write_json, check_keys
-from lumos.vq import VQConfig, VQTokenizer, count_parameters, load_weights, video_psnr
+from lumos.tokenizers.vq import VQConfig, VQTokenizer, count_parameters, load_weights, video_psnr
 
 CHECKPOINT_DIR = "checkpoint"
 REQUIRED = ("steps", "batch_size", "lr")

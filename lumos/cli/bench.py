@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lumos.generate import DTYPES
+from lumos.cli.generate import DTYPES
 from lumos.sampling import SampleConfig, expected_forwards, generate, plan_generation
 from lumos.utils import LumosError
 

@@ -23,7 +23,7 @@ PROMPTS = [("t2v", "a red 3 moving down"), ("heldout", "a cyan 4 moving left")]
 
 
 def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True) -> list[Path]:
-    from lumos.digits import is_held_out, parse_caption, sample_clip
+    from lumos.world.digits import is_held_out, parse_caption, sample_clip
     from lumos.media import write_image, write_video
     from lumos.pipeline import LumosPipeline
 

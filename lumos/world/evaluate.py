@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lumos import digits as D
+from lumos.world import digits as D
 from lumos.utils import LumosError, atomic_write, atomic_write_json
 
 # --------------------------------------------------------------------------------------- thresholds

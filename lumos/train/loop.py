@@ -52,11 +52,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lumos.batches import WINDOWS, BatchOptions, Batcher, SyntheticVideos, open_source
+from lumos.train.batches import WINDOWS, BatchOptions, Batcher, SyntheticVideos, open_source
 from lumos.config import ModelConfig
-from lumos.loss import masked_visual_loss
-from lumos.masking import MODES, SCHEDULES
-from lumos.parallelize import PARALLEL, parallelize
+from lumos.train.loss import masked_visual_loss
+from lumos.train.masking import MODES, SCHEDULES
+from lumos.train.parallelize import PARALLEL, parallelize
 from lumos.utils import LumosError, atomic_dir, atomic_write, atomic_write_json, check_keys
 
 CKPT_RE = re.compile(r"^step-(\d{6,})$")
@@ -296,7 +296,7 @@ def save_checkpoint(root: Path, step: int, model, core, optimizer, cfg: TrainCon
                     rt: Runtime) -> None:
     """Write checkpoints/step-NNNNNN atomically (every rank writes into rank 0's temporary folder;
     rank 0 writes the manifest last and renames the folder), then prune old ones."""
-    from lumos.checkpoint import save_pretrained, save_state_dict
+    from lumos.checkpoint import save_state_dict
 
     final = root / f"step-{step:06d}"
 
@@ -312,7 +312,7 @@ def save_checkpoint(root: Path, step: int, model, core, optimizer, cfg: TrainCon
             if rt.rank == 0:
                 save_state_dict(full, mcfg, tmp / "model", dtype=torch.float32)
         elif rt.rank == 0:  # single process / DDP: every rank holds the same weights and optimizer
-            save_pretrained(core, tmp / "model", dtype=torch.float32)
+            core.save_pretrained(tmp / "model", dtype=torch.float32)
             with atomic_write(tmp / "optimizer.pt") as f:
                 torch.save(optimizer.state_dict(), f)
         rng = {"torch": torch.get_rng_state()}
@@ -356,7 +356,7 @@ def load_checkpoint(path: Path, model, core, optimizer, rt: Runtime) -> int:
     else:
         from lumos.checkpoint import check_state_dict, read_weights
 
-        sd = check_state_dict(core, read_weights(path / "model"), path / "model")
+        sd = check_state_dict(core.state_dict(), read_weights(path / "model"), path / "model")
         core.load_state_dict(sd)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=rt.device, weights_only=True))
     rng_file = path / f"rng-{rt.rank:05d}.pt"
@@ -614,9 +614,3 @@ def run(args) -> int:
     cfg = TrainConfig.from_toml(args.config, args.overrides)
     train(cfg, resume=args.resume)
     return 0
-
-
-if __name__ == "__main__":
-    from lumos.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

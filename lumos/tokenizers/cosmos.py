@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lumos.utils import LumosError
-from lumos.video_tokenizer import VideoTokenizer
+from lumos.tokenizers.base import VideoTokenizer
 
 ENCODER_FILE = "encoder.jit"
 DECODER_FILE = "decoder.jit"

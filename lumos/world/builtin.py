@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from lumos.utils import LumosError, atomic_dir, atomic_write_json
 
-ASSET = Path(__file__).resolve().parent / "assets" / "moving-digits"
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "moving-digits"
 PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
 PREPARED_FILE = "prepared.json"  # in a `prepare` folder: the template, seed and size it was written with
 SHARD = 1000            # records per shard
@@ -63,7 +63,7 @@ def caption_corpus(rng: np.random.Generator, n_two: int = 2000) -> list[str]:
     """Prompts the text tokenizer is trained on: every one-digit video and image caption of the world's
     grammar (held-out combinations included: a tokenizer only needs the words), and a sample of
     two-digit captions, each as the pipeline writes it (`PROMPT_TEMPLATE`)."""
-    from lumos.digits import COLOURS, DIRECTIONS
+    from lumos.world.digits import COLOURS, DIRECTIONS
     from lumos.vocab import video_prompt
 
     colours, dirs = list(COLOURS), list(DIRECTIONS)
@@ -85,9 +85,9 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
             text_vocab_size: int = 320, batch: int = 64, progress: bool = True) -> Path:
     """Write `out/text_tokenizer.json` and token records `out/train/` (`num_records`, 1 in IMAGE_EVERY a
     still image). Deterministic in `seed`; resumable shard by shard."""
-    from lumos.digits import sample_clip, sample_image
-    from lumos.records import build_index, list_shards, shard_name, write_shard
-    from lumos.text_tokenizer import TextTokenizer, train_text_tokenizer
+    from lumos.world.digits import sample_clip, sample_image
+    from lumos.data.records import build_index, list_shards, shard_name, write_shard
+    from lumos.tokenizers.text import TextTokenizer, train_text_tokenizer
     from lumos.tokenizers import load_video_tokenizer
     from lumos.vocab import Vocab, duration_seconds, video_prompt
 
@@ -160,7 +160,7 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
     """Copy a training run's newest checkpoint (bf16 weights), the text tokenizer, the video tokenizer
     and the generation defaults into a pipeline folder (`LumosPipeline.from_pretrained(out)`)."""
     from lumos.model import LumosModel
-    from lumos.train import list_checkpoints
+    from lumos.train.loop import list_checkpoints
 
     found = list_checkpoints(Path(run) / "checkpoints")
     if not found:

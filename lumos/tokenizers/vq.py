@@ -44,9 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lumos.checkpoint import check_weights
-from lumos.utils import LumosError, atomic_write, atomic_write_json, check_keys
-from lumos.video_tokenizer import VideoTokenizer
+from lumos.utils import LumosError, atomic_write, atomic_write_json, check_keys, check_weights
+from lumos.tokenizers.base import VideoTokenizer
 
 CONFIG_FILE = "vq_config.json"
 WEIGHTS_FILE = "vq.safetensors"

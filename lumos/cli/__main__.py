@@ -1,0 +1,7 @@
+"""`python -m lumos.cli ...`: the same as the `lumos` command."""
+
+import sys
+
+from lumos.cli import main
+
+sys.exit(main())
