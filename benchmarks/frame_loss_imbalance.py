@@ -22,12 +22,14 @@ import tempfile
 
 import torch
 
-from lumos.train.loop import TrainConfig, train
+from lumos.train.batches import BatchOptions
+from lumos.train.config import TrainConfig
+from lumos.train.loop import train
 
 
 def run(mode: str, steps: int, out: str, classes: int, block: int, noise: float) -> list[dict]:
-    cfg = TrainConfig(model="tiny", mask_mode=mode, max_steps=steps, batch_size=16, lr=3e-3, min_lr=3e-4,
-                      warmup_steps=20, max_frames=5, cfg_drop_prob=0.1, tensorboard=False,
+    cfg = TrainConfig(model="tiny", batch=BatchOptions(mask_mode=mode, max_frames=5, cfg_drop_prob=0.1),
+                      max_steps=steps, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=20, tensorboard=False,
                       checkpoint_every=10 ** 9, out_dir=out,
                       synthetic=dict(num=4096, frames=5, height=4, width=4, classes=classes, block=block, noise=noise,
                                      image_fraction=0.0))

@@ -10,29 +10,23 @@ The names below are imported on first use, so `import lumos` (and `lumos --help`
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
-__all__ = ["LumosError", "LumosModel", "LumosPipeline", "ModelConfig", "SampleConfig", "Vocab"]
+_FACE = {  # name -> the module that defines it
+    "LumosError": "lumos.utils",
+    "LumosModel": "lumos.model",
+    "LumosPipeline": "lumos.pipeline",
+    "ModelConfig": "lumos.config",
+    "SampleConfig": "lumos.sampling",
+    "Vocab": "lumos.vocab",
+}
+__all__ = sorted(_FACE)
 
 
 def __getattr__(name: str):
-    if name == "LumosPipeline":
-        from lumos.pipeline import LumosPipeline
-        return LumosPipeline
-    if name == "LumosModel":
-        from lumos.model import LumosModel
-        return LumosModel
-    if name == "ModelConfig":
-        from lumos.config import ModelConfig
-        return ModelConfig
-    if name == "SampleConfig":
-        from lumos.sampling import SampleConfig
-        return SampleConfig
-    if name == "Vocab":
-        from lumos.vocab import Vocab
-        return Vocab
-    if name == "LumosError":
-        from lumos.utils import LumosError
-        return LumosError
+    if name in _FACE:
+        return getattr(importlib.import_module(_FACE[name]), name)
     raise AttributeError(f"module 'lumos' has no attribute {name!r}")
 
 

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lumos.config import ModelConfig
-from lumos.utils import LumosError, atomic_dir, check_weights
+from lumos.utils import LumosError, atomic_dir, check_weights, first_line
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -48,9 +48,8 @@ def _load_pickle(f: Path) -> dict:
     try:
         sd = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for anything that is not plain tensors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LumosError(f"{f}: refused: pickle files are only read with weights_only=True and this one holds "
-                         f"more than tensors ({first}); convert it to safetensors with a trusted tool") from None
+                         f"more than tensors ({first_line(e)}); convert it to safetensors with a trusted tool") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LumosError(f"{f}: not a state dict of tensors")
     return sd

@@ -1,7 +1,7 @@
 """Model configuration: one dataclass, named presets, and the mapping to/from HF `config.json`.
 
 A run is "preset + a few overrides": `ModelConfig.from_name("tiny", n_layers=4)`. An unknown key or an
-impossible shape is a `ValueError` naming it. The released 1B/3B checkpoints are not presets: their
+impossible shape is a `LumosError` naming it. The released 1B/3B checkpoints are not presets: their
 shapes are read from the checkpoint's own `config.json` (`ModelConfig.from_hf_config`), so nothing
 here guesses them.
 """
@@ -12,7 +12,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
-from lumos.utils import check_keys
+from lumos.utils import LumosError, check_keys
 from lumos.vocab import Vocab
 
 ROPE_TYPES = ("mmrope", "mrope", "3d", "1d")
@@ -45,25 +45,25 @@ class ModelConfig:
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.dim % self.n_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            raise LumosError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads} (GQA)")
+            raise LumosError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads} (GQA)")
         if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"rope_type {self.rope_type!r} is not one of {ROPE_TYPES}")
+            raise LumosError(f"rope_type {self.rope_type!r} is not one of {ROPE_TYPES}")
         if self.attn_backend not in ATTN_BACKENDS:
-            raise ValueError(f"attn_backend {self.attn_backend!r} is not one of {ATTN_BACKENDS}")
+            raise LumosError(f"attn_backend {self.attn_backend!r} is not one of {ATTN_BACKENDS}")
         if self.rope_type == "mmrope" and self.head_dim % 32:
-            raise ValueError(f"head_dim {self.head_dim} must be a multiple of 32 for MM-RoPE (its frequencies come "
+            raise LumosError(f"head_dim {self.head_dim} must be a multiple of 32 for MM-RoPE (its frequencies come "
                              f"in meta-groups of 16 rotary pairs); change dim or n_heads")
         if self.rope_type in ("mrope", "3d") and self.head_dim % 16:
-            raise ValueError(f"head_dim {self.head_dim} must be a multiple of 16 for rope_type {self.rope_type!r}")
+            raise LumosError(f"head_dim {self.head_dim} must be a multiple of 16 for rope_type {self.rope_type!r}")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+            raise LumosError(f"head_dim {self.head_dim} must be even for RoPE")
         for groups, heads in ((self.qk_norm_groups, self.n_heads), (self.qk_norm_groups, self.n_kv_heads)):
             if heads % groups:
-                raise ValueError(f"qk_norm_groups (model_parallel_size) {groups} does not divide {heads} heads")
+                raise LumosError(f"qk_norm_groups (model_parallel_size) {groups} does not divide {heads} heads")
         if len(self.rope_scale) != 3 or min(self.rope_scale) < 1:
-            raise ValueError(f"rope_scale must be three positive ints (t, h, w), got {self.rope_scale}")
+            raise LumosError(f"rope_scale must be three positive ints (t, h, w), got {self.rope_scale}")
 
     @property
     def head_dim(self) -> int:
@@ -77,11 +77,11 @@ class ModelConfig:
     @classmethod
     def from_name(cls, name: str, **overrides) -> "ModelConfig":
         if name not in CONFIGS:
-            raise ValueError(f"unknown model preset {name!r}; known: {sorted(CONFIGS)}")
+            raise LumosError(f"unknown model preset {name!r}; known: {sorted(CONFIGS)}")
         return CONFIGS[name]().replace(**overrides)
 
     def replace(self, **overrides) -> "ModelConfig":
-        check_keys(type(self), overrides, "model config", ValueError)
+        check_keys(type(self), overrides, "model config")
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
@@ -92,7 +92,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        check_keys(cls, d, "model config", ValueError)
+        check_keys(cls, d, "model config")
         return cls(**d)
 
     # ------------------------------------------------------------------------------ HF config.json
@@ -133,18 +133,18 @@ class ModelConfig:
         lumos does not implement are an error; known HF bookkeeping keys are ignored; other keys
         give one warning (the released configs may carry fields we have not seen)."""
         if hf.get("model_type") != "chameleon":
-            raise ValueError(f"config.json has model_type {hf.get('model_type')!r}; a Lumos-1 checkpoint has "
+            raise LumosError(f"config.json has model_type {hf.get('model_type')!r}; a Lumos-1 checkpoint has "
                              f"'chameleon'")
         if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported (Lumos-1 uses silu)")
+            raise LumosError(f"hidden_act {hf['hidden_act']!r} is not supported (Lumos-1 uses silu)")
         if hf.get("rope_scaling") not in (None, {}):
-            raise ValueError(f"rope_scaling {hf['rope_scaling']!r} is not supported with MM-RoPE")
+            raise LumosError(f"rope_scaling {hf['rope_scaling']!r} is not supported with MM-RoPE")
         if hf.get("tie_word_embeddings", False):
-            raise ValueError("tie_word_embeddings=true is not supported: Lumos-1 has an untied lm_head")
+            raise LumosError("tie_word_embeddings=true is not supported: Lumos-1 has an untied lm_head")
         extra = dict(hf.get("lumos") or {})
         vocab = Vocab.from_dict(extra["vocab"]) if "vocab" in extra else Vocab.chameleon()
         if hf["vocab_size"] != vocab.vocab_size:
-            raise ValueError(f"config.json vocab_size {hf['vocab_size']} does not match the {vocab.name} layout "
+            raise LumosError(f"config.json vocab_size {hf['vocab_size']} does not match the {vocab.name} layout "
                              f"({vocab.vocab_size})")
         rope_type = extra.get("rope_type", "mmrope" if hf.get("mm_rope") else "1d")
         unused = set(hf) - _HF_USED - _HF_IGNORED

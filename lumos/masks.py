@@ -23,15 +23,10 @@ BLOCK_SIZE = 128
 
 
 def frame_ids(tokens: torch.Tensor, vocab: Vocab) -> torch.Tensor:
-    """Frame segment of every token: k >= 0 for the tokens of the k-th FRAME_START..FRAME_END segment
-    (both markers included), -1 outside frames. tokens: [B, L] -> [B, L] int64."""
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    starts = (tokens == vocab.frame_start).long().cumsum(dim=1)           # frames opened so far (inclusive)
-    is_end = (tokens == vocab.frame_end).long()
-    ends_before = is_end.cumsum(dim=1) - is_end                            # frames closed strictly before
-    inside = starts > ends_before
-    return torch.where(inside, starts - 1, torch.full_like(starts, -1))
+    """The masks' input: frame segment of every token, k >= 0 for the tokens of the k-th
+    FRAME_START..FRAME_END segment (both markers included), -1 outside frames (the layout is
+    Vocab's: `Vocab.frame_ids`). tokens: [B, L] -> [B, L] int64."""
+    return vocab.frame_ids(tokens)
 
 
 def frame_causal_mask(fid: torch.Tensor, valid: torch.Tensor | None = None, q_start: int = 0,

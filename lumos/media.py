@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumos.utils import LumosError, atomic_write
+from lumos.utils import LumosError, atomic_write, first_line
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_EXTS = {".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", ".ts"}
@@ -59,8 +59,7 @@ def _check_exists(path: Path) -> None:
 
 def _decode_error(path: Path, e: BaseException) -> LumosError:
     # One line: the exception type tells "invalid data" from "permission denied" etc.
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return LumosError(f"cannot decode {path}: {type(e).__name__}: {msg}")
+    return LumosError(f"cannot decode {path}: {type(e).__name__}: {first_line(e)}")
 
 
 def read_image(path) -> np.ndarray:
@@ -257,7 +256,7 @@ def crop_size_list(num_patches: int, patch: int, max_ratio: float = 4.0) -> list
     up to floor(num_patches / wp), keeping grids with aspect <= max_ratio. E.g. 352 px target with
     patch 32 -> num_patches 11**2 = 121, buckets include 448x256; 528 -> 256 patches, 672x384."""
     if max_ratio < 1:
-        raise ValueError(f"max_ratio must be >= 1, got {max_ratio}")
+        raise LumosError(f"max_ratio must be >= 1, got {max_ratio}")
     if num_patches < 1 or patch < 1:
         raise LumosError(f"need at least one patch: num_patches={num_patches}, patch={patch}")
     sizes, wp, hp = [], num_patches, 1

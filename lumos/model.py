@@ -84,25 +84,17 @@ _compiled_flex = None
 
 
 def flex_attention(q, k, v, block_mask):
-    """FlexAttention, compiled once per process. On CPU with autograd (no fused backward exists there)
-    the unfused math path of the same operator is used: correct, but it materialises the scores, so
-    train on CPU with attn_backend="sdpa"; this path is for checking the flex masks."""
+    """FlexAttention, compiled once per process. torch has no FlexAttention backward on the CPU: train
+    there with attn_backend="sdpa" (the same rule as a dense mask)."""
     from torch.nn.attention.flex_attention import flex_attention as _flex
 
-    gqa = q.shape[1] != k.shape[1]
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        from torch._higher_order_ops.flex_attention import flex_attention as flex_hop
-        from torch.nn.attention.flex_attention import _apply_kernel_options
-
-        if gqa:
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        opts = _apply_kernel_options(q, k, v, True, None)
-        return flex_hop(q, k, v, lambda s, b, h, i, j: s, block_mask.as_tuple(), q.shape[-1] ** -0.5, opts)[0]
+        raise LumosError('attn_backend="flex" has no backward on the CPU (a torch limit); '
+                         'train on the CPU with attn_backend="sdpa"')
     global _compiled_flex
     if _compiled_flex is None:
         _compiled_flex = torch.compile(_flex, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def attend(q, k, v, mask):
@@ -293,8 +285,8 @@ class LumosModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, pos: Positions | None = None, mask=None,
-                cache_pos: torch.Tensor | None = None, kv_len: int | None = None, return_hidden: bool = False,
-                vocab_rows: slice | None = None) -> torch.Tensor:
+                cache_pos: torch.Tensor | None = None, kv_len: int | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
         """tokens: (B, L) int64.
         pos: positions of these tokens; default: computed from `tokens` as a whole sequence.
         mask: dense bool (B, 1, L, Lk) / BlockMask / None. Default without a cache: the frame-causal
@@ -304,7 +296,8 @@ class LumosModel(nn.Module):
         kv_len: attend to the first kv_len cache slots only (a host int known from the layout, e.g. the
             end of the frame being decoded; the mask must then have kv_len columns). None = the whole
             buffer (one static shape for CUDA graphs).
-        Returns fp32 logits (B, L, V) (or V' with `vocab_rows`), or final hidden states (B, L, D)."""
+        Returns fp32 logits (B, L, V), or final hidden states (B, L, D) (then `head(hidden, rows)` gives
+        the logits of a vocabulary slice only, as the sampler does for the visual codes)."""
         B, L = tokens.shape
         c = self.config
         if pos is None:
@@ -320,4 +313,4 @@ class LumosModel(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache_pos, kv_len)
         x = self.model.norm(x)
-        return x if return_hidden else self.head(x, vocab_rows)
+        return x if return_hidden else self.head(x)

@@ -13,6 +13,9 @@ A pipeline folder holds the model checkpoint (`config.json` + safetensors, `lumo
 optionally `pipeline.json` with defaults (`PipelineDefaults`). The released checkpoints keep the
 tokenizers elsewhere: pass `text_tokenizer=` / `video_tokenizer=` (paths or objects).
 
+A call takes the size of the video and the sampling settings (`lumos.sampling.SampleConfig`) as
+keywords, `CALL_SETTINGS`; one left out (or None) takes the pipeline's default.
+
 The task follows from the arguments:
 - text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" (released template) and the
   video header has duration 1, fps 1, as the released text-to-image evaluation does; guidance
@@ -37,7 +40,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -54,28 +57,31 @@ BUILTIN_MODELS = ("moving-digits",)
 
 
 @dataclass
-class PipelineDefaults:
-    """What `pipe(...)` uses for arguments left as None (`pipeline.json` overrides these)."""
-    height: int = 384                  # pixels (released 384p: 672x384)
-    width: int = 672
-    num_frames: int = 24               # frames of the prompt ("24 frames at 12 fps" as released); 1 = image
-    fps: int = 12
-    num_inference_steps: int = 50      # refinement steps per latent frame
-    guidance_scale: float = 15.0       # CFG scale for videos (released: 15)
-    image_guidance_scale: float = 16.0  # CFG scale for text-to-image (released: 16)
-    history_mask_ratio: float = 0.7    # AR-DF inference-time masking of cached frames (released: 0.7)
-    temperature: float = 1.0           # code sampling temperature, 0 = argmax
-    top_k: int | None = None
-    top_p: float | None = None
-    remask_temperature: float = 1.0    # Gumbel scale of the confidences
-    reference_compat: bool = False     # reproduce the released sampler's quirks (lumos.sampling)
+class PipelineDefaults(SampleConfig):
+    """What a call uses for the settings it is not given (a model's `pipeline.json` overrides these):
+    the sampling settings with their defaults (inherited from `SampleConfig`, checked by its validator),
+    the size of the video, and two that only a model's defaults set."""
+    height: int = 384                    # pixels, a multiple of the tokenizer patch (released 384p: 672x384)
+    width: int = 672                     # pixels, a multiple of the tokenizer patch
+    num_frames: int = 24                 # frames of the video, 1 = an image (released: 24 frames at 12 fps)
+    fps: int = 12                        # frames per second (the prompt's and the video header's)
+    image_guidance_scale: float = 16.0   # guidance_scale of text-to-image (released: 16)
     prompt_template: str = VIDEO_PROMPT  # the text the model was trained on (lumos.vocab.video_prompt)
 
-    def __post_init__(self):
-        try:
-            check_prompt_template(self.prompt_template)
-        except ValueError as e:
-            raise LumosError(f"pipeline defaults: {e}") from None
+    RANGES: ClassVar[dict] = {**SampleConfig.RANGES, "height": (1, None, False), "width": (1, None, False),
+                              "num_frames": (1, None, False), "fps": (1, None, False),
+                              "image_guidance_scale": (0, None, False)}
+
+    @classmethod
+    def check(cls, values: dict, name=str) -> dict:
+        """`SampleConfig.check`, and a prompt template must name only the fields `video_prompt` fills."""
+        out = super().check(values, name)
+        if "prompt_template" in out:
+            try:
+                check_prompt_template(out["prompt_template"])
+            except LumosError as e:
+                raise LumosError(f"pipeline defaults: {e}") from None
+        return out
 
     @classmethod
     def from_file(cls, path) -> "PipelineDefaults":
@@ -89,6 +95,12 @@ class PipelineDefaults:
             return cls(**d)
         except LumosError as e:
             raise LumosError(f"{path}: {e}") from None
+
+
+# The keywords of a call (`settings`, `__call__`, `stream`): the size of the video, then the sampling settings.
+# image_guidance_scale and prompt_template are the model's own, set in its pipeline.json.
+SIZES = ("num_frames", "height", "width", "fps")
+CALL_SETTINGS = SIZES + tuple(f.name for f in dataclasses.fields(SampleConfig))
 
 
 @dataclass
@@ -189,20 +201,18 @@ class LumosPipeline:
         return self.video_tokenizer.spatial_compression * self.model.config.vocab.grid_per_size
 
     # ------------------------------------------------------------------------------------------ settings
-    def settings(self, *, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
-                 num_inference_steps=None, guidance_scale=None, history_mask_ratio=None, temperature=None,
-                 top_k=None, top_p=None, remask_temperature=None, reference_compat=None) -> Settings:
-        """Fill in the defaults and check every argument (LumosError naming the bad one). Of `image` and
-        `video` only whether they are given matters here (it picks the task)."""
-        d = self.defaults
-        pick = lambda v, default: default if v is None else v                       # noqa: E731
-        num_frames, height, width = pick(num_frames, d.num_frames), pick(height, d.height), pick(width, d.width)
-        fps = pick(fps, d.fps)
+    def settings(self, *, image=None, video=None, **settings) -> Settings:
+        """Fill in the defaults and check every argument (LumosError naming the bad one). settings: any of
+        `CALL_SETTINGS` (None: the default). Of `image` and `video` only whether they are given matters
+        here (it picks the task)."""
+        unknown = sorted(set(settings) - set(CALL_SETTINGS))
+        if unknown:
+            raise LumosError(f"unknown settings {unknown}; known: {', '.join(CALL_SETTINGS)}")
+        given = {k: v for k, v in settings.items() if v is not None}
+        d = dataclasses.replace(self.defaults, **given)                  # checks every value given
+        num_frames, height, width = d.num_frames, d.height, d.width
         task = "continuation" if video is not None else "i2v" if image is not None else (
             "t2i" if num_frames == 1 else "t2v")
-        for name, v in (("num_frames", num_frames), ("height", height), ("width", width), ("fps", fps)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise LumosError(f"{name} must be a positive integer, got {v!r}")
         if image is not None and video is not None:
             raise LumosError("give an image (image-to-video) or a video (continuation), not both")
         if task == "i2v" and num_frames < 2:
@@ -217,19 +227,15 @@ class LumosPipeline:
         for name, v in (("height", height // p), ("width", width // p)):
             if v > vocab.max_size:
                 raise LumosError(f"{name} is too large: {v} size units > {vocab.max_size} for this vocabulary")
-        duration, fps_token = (1, 1) if task == "t2i" else (duration_seconds(num_frames, fps), fps)
+        duration, fps_token = (1, 1) if task == "t2i" else (duration_seconds(num_frames, d.fps), d.fps)
         if max(duration, fps_token) > vocab.max_size:
             raise LumosError(f"fps {fps_token} / duration {duration} s exceed the largest size token "
                              f"({vocab.max_size})")
-        guidance = pick(guidance_scale, d.image_guidance_scale if task == "t2i" else d.guidance_scale)
-        sample = SampleConfig(
-            steps=pick(num_inference_steps, d.num_inference_steps), guidance_scale=float(guidance),
-            temperature=float(pick(temperature, d.temperature)), top_k=pick(top_k, d.top_k),
-            top_p=pick(top_p, d.top_p), remask_temperature=float(pick(remask_temperature, d.remask_temperature)),
-            history_mask_ratio=float(pick(history_mask_ratio, d.history_mask_ratio)),
-            reference_compat=bool(pick(reference_compat, d.reference_compat)))
-        return Settings(task=task, height=int(height), width=int(width), num_frames=int(num_frames),
-                        fps=int(fps_token), duration=int(duration), sample=sample)
+        sample = {f.name: getattr(d, f.name) for f in dataclasses.fields(SampleConfig)}
+        if task == "t2i" and "guidance_scale" not in given:
+            sample["guidance_scale"] = d.image_guidance_scale
+        return Settings(task=task, height=height, width=width, num_frames=num_frames, fps=fps_token,
+                        duration=int(duration), sample=SampleConfig(**sample))
 
     # ------------------------------------------------------------------------------------------ inputs
     def _frames(self, media, what: str, s: Settings) -> np.ndarray:
@@ -269,7 +275,7 @@ class LumosPipeline:
             return np.asarray(vt.encode(frames[:keep]))
         return None
 
-    def prepare(self, prompt, image, video, num_videos_per_prompt, kwargs):
+    def prepare(self, prompt, image, video, num_videos_per_prompt, settings: dict):
         """Validate, tokenize, encode the given frames and lay out the batch (host-side work). Returns
         (settings, `lumos.sampling.Plan`, whether the call is a single video), for callers that drive
         `lumos.sampling` themselves (e.g. to time the sampler alone)."""
@@ -284,7 +290,7 @@ class LumosPipeline:
             raise LumosError(f"{len(prompts)} prompts but {len(images)} images / {len(videos)} videos")
         if len({x is None for x in images}) > 1 or len({x is None for x in videos}) > 1:
             raise LumosError("give an image (or a video) for every prompt of a batch or for none")
-        s = self.settings(image=images[0], video=videos[0], **kwargs)
+        s = self.settings(image=images[0], video=videos[0], **settings)
         vocab = self.model.config.vocab
         vt = self.video_tokenizer
         n_frames = 1 if s.task == "t2i" else s.num_frames
@@ -292,11 +298,8 @@ class LumosPipeline:
         for caption, img, vid in zip(prompts, images, videos):
             text = video_prompt(caption, s.width, s.height, n_frames, s.fps, self.defaults.prompt_template)
             given = self._given_codes(s, img, vid)
-            try:
-                prefix = vocab.build(self.text_tokenizer.encode(text), given, duration=s.duration, fps=s.fps,
-                                     complete=False)
-            except ValueError as e:
-                raise LumosError(str(e)) from None
+            prefix = vocab.build(self.text_tokenizer.encode(text), given, duration=s.duration, fps=s.fps,
+                                 complete=False)
             prefixes += [prefix] * num_videos_per_prompt
             given_n = 0 if given is None else len(given)
         latent = 1 if s.task == "t2i" else vt.num_latent_frames(s.num_frames)
@@ -319,33 +322,26 @@ class LumosPipeline:
         return np.asarray(frames)[:num_frames]
 
     # ------------------------------------------------------------------------------------------ calls
-    def __call__(self, prompt, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
-                 num_inference_steps=None, guidance_scale=None, history_mask_ratio=None, temperature=None,
-                 top_k=None, top_p=None, remask_temperature=None, reference_compat=None,
-                 generator: torch.Generator | None = None, num_videos_per_prompt: int = 1, progress: bool = True,
-                 mode: str = "parallel", output_type: str = "pixels"):
+    def __call__(self, prompt, image=None, video=None, *, generator: torch.Generator | None = None,
+                 num_videos_per_prompt: int = 1, progress: bool = True, mode: str = "parallel",
+                 output_type: str = "pixels", **settings):
         """Generate. Returns uint8 frames [T, H, W, 3] for one prompt (a str) and one video, else a list
-        of them (prompt-major: prompt 0 sample 0, prompt 0 sample 1, ...). Arguments left None take
-        `self.defaults`; `image` / `video` may be one input for all prompts or a list, one per prompt.
+        of them (prompt-major: prompt 0 sample 0, prompt 0 sample 1, ...). `image` / `video` may be one
+        input for all prompts or a list, one per prompt. settings: any of `CALL_SETTINGS`
+        (`num_frames=1, guidance_scale=2.0`); those left out or None take `self.defaults`.
         mode: "parallel" (masked frame decoding, the model's own) or "next-token" (the baseline).
         output_type: "pixels", or "codes" for the latent codes [t, h, w] (given frames first)."""
         if mode not in ("parallel", "next-token"):
             raise LumosError(f"mode must be 'parallel' or 'next-token', got {mode!r}")
         if output_type not in ("pixels", "codes"):
             raise LumosError(f"output_type must be 'pixels' or 'codes', got {output_type!r}")
-        s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, dict(
-            num_frames=num_frames, height=height, width=width, fps=fps, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, history_mask_ratio=history_mask_ratio, temperature=temperature,
-            top_k=top_k, top_p=top_p, remask_temperature=remask_temperature, reference_compat=reference_compat))
+        s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, settings)
         out = generate(self.model, plan, s.sample, self.device_generator(generator), mode=mode, progress=progress)
         videos = list(out.codes.cpu()) if output_type == "codes" else [self.decode(c, s.num_frames) for c in out.codes]
         return videos[0] if single else videos
 
-    def stream(self, prompt, image=None, video=None, num_frames=None, height=None, width=None, fps=None,
-               num_inference_steps=None, guidance_scale=None, history_mask_ratio=None, temperature=None,
-               top_k=None, top_p=None, remask_temperature=None, reference_compat=None,
-               generator: torch.Generator | None = None, num_videos_per_prompt: int = 1,
-               progress: bool = True) -> Iterator:
+    def stream(self, prompt, image=None, video=None, *, generator: torch.Generator | None = None,
+               num_videos_per_prompt: int = 1, progress: bool = True, **settings) -> Iterator:
         """Like `__call__`, but yields the new pixel frames as soon as each latent frame is done: uint8
         [t, H, W, 3] (a list of them for a batch), first for the given frames (if any), then for each
         generated latent frame. Concatenated, they equal `__call__`'s output for the same generator.
@@ -353,10 +349,7 @@ class LumosPipeline:
         The causal tokenizer decodes a prefix of latent frames exactly, so each yield decodes the
         latent frames so far and keeps the frames not yet yielded (quadratic in frames; a streaming
         decoder with its own cache would make it linear)."""
-        s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, dict(
-            num_frames=num_frames, height=height, width=width, fps=fps, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, history_mask_ratio=history_mask_ratio, temperature=temperature,
-            top_k=top_k, top_p=top_p, remask_temperature=remask_temperature, reference_compat=reference_compat))
+        s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, settings)
         codes = plan.given.cpu()                                             # (n, G, h, w)
         emitted = 0
 

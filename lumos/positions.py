@@ -56,31 +56,21 @@ def position_ids(tokens: torch.Tensor, vocab: Vocab, scale=(4, 8, 8), offset: bo
     idx = torch.arange(L, device=device).expand(B, L)                           # (B, L)
     start = torch.zeros(B, dtype=torch.long, device=device) if start is None else start.to(device)
 
-    is_start = tokens == vocab.frame_start                                        # (B, L)
-    # The most recent FRAME_START at or before each token (-1 if none).
-    last = torch.where(is_start, idx, torch.full_like(idx, -1)).cummax(dim=1).values
-    base = last.clamp(min=0)
-    # Frame geometry from the two size tokens after each FRAME_START.
-    h_tok = tokens.gather(1, (base + 1).clamp(max=L - 1))
-    w_tok = tokens.gather(1, (base + 2).clamp(max=L - 1))
-    rows = (h_tok - vocab.size_base) * vocab.grid_per_size
-    cols = (w_tok - vocab.size_base) * vocab.grid_per_size
-    sane = (last >= 0) & (base + 2 < L) & (rows > 0) & (cols > 0)
-    sane &= (h_tok - vocab.size_base <= vocab.max_size) & (w_tok - vocab.size_base <= vocab.max_size)
-    off = idx - base - 3                                                          # offset inside the frame body
-    visual = sane & (off >= 0) & (off < rows * (cols + 1))
+    seg = vocab.frame_segments(tokens)                                            # the latest frame of each token
+    rows, cols, off = seg.rows, seg.cols, seg.offset                              # rows = cols = 0: no valid frame
+    visual = (rows > 0) & (off >= 0) & (off < rows * (cols + 1))
     row = torch.div(off, cols + 1, rounding_mode="floor")
     col = off - row * (cols + 1)                                                  # the newline is column `cols`
-    frame = is_start.long().cumsum(dim=1) - 1                                     # latent frame index
 
     if offset:
+        is_start = tokens == vocab.frame_start
         has = is_start.any(dim=1)
         first = torch.where(has, is_start.long().argmax(dim=1), torch.zeros_like(start))
-        p0 = (first + 3 - start)[:, None]                                         # (B, 1)
+        p0 = (first + vocab.FRAME_HEADER - start)[:, None]                        # (B, 1)
     else:
         p0 = torch.zeros(B, 1, dtype=torch.long, device=device)
     s_t, s_h, s_w = scale
-    thw = torch.stack([frame * s_t + p0, row * s_h + p0, col * s_w + p0], dim=-1)  # (B, L, 3)
+    thw = torch.stack([seg.latest * s_t + p0, row * s_h + p0, col * s_w + p0], dim=-1)  # (B, L, 3)
     thw = torch.where(visual[..., None], thw, torch.zeros_like(thw))
     text = idx - start[:, None]
     return Positions(text=text, thw=thw, visual=visual)

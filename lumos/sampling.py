@@ -28,7 +28,7 @@ padded keys are masked and positions count from each row's real start. logits = 
 guidance_scale 0 or 1 means no guidance: the uncond rows are not run at all (1 gives the conditional
 logits exactly; 0 is taken to mean "off" too, as in diffusers, not "unconditional").
 
-Logits are only computed for the visual rows of lm_head (`vocab_rows`), at the code positions of the
+Logits are only computed for the visual rows of lm_head (`model.head(hidden, rows)`), at the code positions of the
 frame: non-visual ids cannot be sampled by construction.
 
 Defaults (intended behaviour) vs `reference_compat=True` (the released code, notes §6.1-6.3):
@@ -51,9 +51,11 @@ sequence so far, with the same masked history); next-token 1 + F N (prefill, one
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+import typing
+from dataclasses import dataclass, fields
+from typing import ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +63,7 @@ from tqdm.auto import tqdm
 
 from lumos.masks import frame_causal_mask, frame_ids
 from lumos.positions import Positions
-from lumos.utils import LumosError
+from lumos.utils import LumosError, check_keys, fits
 from lumos.vocab import Vocab
 
 MODES = ("parallel", "parallel-nocache", "next-token")
@@ -69,34 +71,73 @@ MODES = ("parallel", "parallel-nocache", "next-token")
 
 @dataclass
 class SampleConfig:
-    steps: int = 50                  # S: refinement steps per latent frame (50 in the released evaluation)
-    guidance_scale: float = 15.0     # g: logits = u + g (c - u); released: 15 video, 16 image; 0 or 1 = no guidance
-    temperature: float = 1.0         # softmax temperature of code sampling; 0 = argmax
-    top_k: int | None = None         # sample among the k most likely codes only (None: all)
-    top_p: float | None = None       # nucleus sampling: smallest set of codes with mass >= top_p (None: all)
-    remask_temperature: float = 1.0  # T0: scale of the Gumbel noise on confidences (the reference's `temperature`)
-    history_mask_ratio: float = 0.7  # r: fraction of a finished frame's content masked in the cache (0.7 released)
-    reference_compat: bool = False   # reproduce the released sampler's quirks (module docstring)
+    """The sampling settings, declared once: `LumosPipeline` takes them as keywords, a model's
+    pipeline.json as keys (`lumos.pipeline.PipelineDefaults` extends this class) and the `lumos`
+    commands as flags (`lumos.cli.flags`: `--num-inference-steps`, typed by the field, with the
+    field's trailing comment as its help). `check` is their one validator."""
+    num_inference_steps: int = 50      # refinement steps per latent frame (S; released: 50)
+    guidance_scale: float = 15.0       # classifier-free guidance g, logits = u + g (c - u); 0 or 1: off (released: 15)
+    temperature: float = 1.0           # code sampling temperature (0: argmax)
+    top_k: int | None = None           # sample among the k most likely codes only (default: all)
+    top_p: float | None = None         # nucleus sampling: the fewest codes holding this much probability (default: all)
+    remask_temperature: float = 1.0    # T0: Gumbel noise on the confidences that choose the codes to re-mask
+    history_mask_ratio: float = 0.7    # r: fraction of each finished frame masked in the KV cache (released: 0.7)
+    reference_compat: bool = False     # reproduce the released sampler's quirks exactly (lumos.sampling)
+
+    # The allowed values of each number: (lowest, highest or None, whether the lowest itself is excluded).
+    RANGES: ClassVar[dict] = {
+        "num_inference_steps": (1, None, False), "guidance_scale": (0, None, False), "temperature": (0, None, False),
+        "top_k": (1, None, False), "top_p": (0, 1, True), "remask_temperature": (0, None, False),
+        "history_mask_ratio": (0, 1, False),
+    }
 
     def __post_init__(self):
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise LumosError(f"num_inference_steps must be a positive integer, got {self.steps}")
-        if not self.guidance_scale >= 0:
-            raise LumosError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if not self.temperature >= 0:
-            raise LumosError(f"temperature must be >= 0 (0 = argmax), got {self.temperature}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise LumosError(f"top_k must be a positive integer or None, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise LumosError(f"top_p must be in (0, 1] or None, got {self.top_p}")
-        if not self.remask_temperature >= 0:
-            raise LumosError(f"remask_temperature must be >= 0, got {self.remask_temperature}")
-        if not 0 <= self.history_mask_ratio <= 1:
-            raise LumosError(f"history_mask_ratio must be in [0, 1], got {self.history_mask_ratio}")
+        for key, value in self.check({f.name: getattr(self, f.name) for f in fields(self)}).items():
+            setattr(self, key, value)
+
+    @classmethod
+    def check(cls, values: dict, name=str) -> dict:
+        """The validator of the settings, for this dataclass and for callers holding only some of them (a
+        call's keywords, command-line flags, a pipeline.json): `values` maps field names to values ->
+        the same values, numbers as their field's type (an int guidance_scale becomes a float, so a
+        setting prints the same whichever way it came). LumosError names the first unknown or bad one,
+        spelt `name(field)` (the commands pass their flags' spelling)."""
+        check_keys(cls, values, "settings")
+        out = {}
+        for key, v in values.items():
+            kind, optional = setting_types(cls)[key]
+            if v is None and optional:
+                out[key] = None
+                continue
+            if not fits(kind, v)[0]:
+                raise LumosError(f"{name(key)} must be {_KINDS[kind]}, got {v!r}")
+            if key in cls.RANGES:
+                low, high, open_low = cls.RANGES[key]
+                # written so that NaN fails every bound
+                if not ((v > low if open_low else v >= low) and (high is None or v <= high)):
+                    bound = (f"{'>' if open_low else '>='} {low}" if high is None else
+                             f"in {'(' if open_low else '['}{low}, {high}]")
+                    raise LumosError(f"{name(key)} must be {bound}, got {v!r}")
+            out[key] = kind(v)
+        return out
 
     @property
     def use_cfg(self) -> bool:
         return self.guidance_scale not in (0.0, 1.0)
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+@functools.cache
+def setting_types(cls) -> dict[str, tuple[type, bool]]:
+    """Field name -> (its type: int, float, bool or str; whether None is allowed) of a settings dataclass."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        kinds = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]      # `int | None` -> [int]
+        out[f.name] = (kinds[0], True) if kinds else (hints[f.name], False)
+    return out
 
 
 # ============================================================================================ schedules
@@ -244,15 +285,6 @@ def guide(logits: torch.Tensor, n_cond: int, scale: float) -> torch.Tensor:
 
 
 # ============================================================================================ the plan
-def masked_frame(vocab: Vocab, h: int, w: int) -> np.ndarray:
-    """FRAME_START size(h) size(w) (MASK x w, NEWLINE) x h FRAME_END, for an h x w latent grid."""
-    g = vocab.grid_per_size
-    body = np.full((h, w + 1), vocab.mask, np.int64)
-    body[:, -1] = vocab.newline
-    head = [vocab.frame_start, vocab.size_token(h // g), vocab.size_token(w // g)]
-    return np.concatenate([np.array(head, np.int64), body.reshape(-1), [vocab.frame_end]])
-
-
 @dataclass
 class Plan:
     """Everything about a batch of videos that is known before decoding starts (host-side work).
@@ -272,30 +304,13 @@ class Plan:
     w: int                     # latent columns per frame
     prefill_len: int           # columns [0, prefill_len) are the prompt: prefilled once
     frame_starts: list[int]    # first column of each generated frame
-    code_idx: torch.Tensor     # [N] offsets of the h*w codes inside a frame (3 + row (w+1) + col)
+    code_idx: torch.Tensor     # [N] offsets of the h*w codes inside a frame (Vocab.code_offsets)
     hist_idx: torch.Tensor     # offsets inside a frame of the content tokens masked in the cache
     given: torch.Tensor        # [n_cond, G, h, w] codes of the given frames (unmasked), G may be 0
 
     @property
     def frame_len(self) -> int:
-        return self.h * (self.w + 1) + 4
-
-    def output_tokens(self, codes: torch.Tensor) -> list[torch.Tensor]:
-        """The conditional sequences with every frame filled in and VIDEO_END appended (one 1-D tensor
-        per video, padding removed). codes: [n_cond, G + F, h, w] as returned by `generate`."""
-        v = self.vocab
-        template = torch.from_numpy(masked_frame(v, self.h, self.w)).to(self.tokens.device)
-        out = []
-        for i in range(self.n_cond):
-            row = self.tokens[i].clone()
-            for k in range(codes.shape[1]):
-                s0 = self.video_col + 3 + k * self.frame_len
-                frame = template.clone()
-                frame[self.code_idx] = codes[i, k].reshape(-1).to(row.device) + v.visual_offset
-                row[s0:s0 + self.frame_len] = frame
-            start = int((~self.valid[i]).sum())
-            out.append(torch.cat([row[start:], torch.tensor([v.video_end], device=row.device)]))
-        return out
+        return self.vocab.frame_length(self.h, self.w)
 
 
 def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, cfg: SampleConfig,
@@ -311,13 +326,16 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
         raise LumosError(f"nothing to generate: {num_frames} new latent frames requested")
     if not prompts:
         raise LumosError("no prompts")
-    new_frames = np.tile(masked_frame(vocab, h, w), num_frames)
+    try:
+        new_frames = np.tile(vocab.masked_frame(h, w), num_frames)
+    except LumosError as e:
+        raise LumosError(f"cannot lay out the frames to generate: {e}") from None
     rows, starts, given = [], [], []
     for p in prompts:
         p = np.asarray(p, np.int64).reshape(-1)
         try:
             parsed = vocab.parse_video(p)
-        except ValueError as e:
+        except LumosError as e:
             raise LumosError(f"malformed generation prompt: {e}") from None
         if parsed.complete:
             raise LumosError("a generation prompt must leave the video open (no VIDEO_END)")
@@ -343,19 +361,20 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
             pad[n + i] = lp
             tokens[n + i, lp:] = r[s:]
 
-    lf = h * (w + 1) + 4
+    lf = vocab.frame_length(h, w)
     G = len(given[0])
-    content = history_mask_indices(h * (w + 1), cfg.history_mask_ratio, cfg.reference_compat)
-    hist_idx = 3 + content
+    frame0 = lp + vocab.VIDEO_HEADER                           # column of the first frame (given or generated)
+    first = frame0 + G * lf                                    # column of the first generated frame
+    content = history_mask_indices(vocab.body_length(h, w), cfg.history_mask_ratio, cfg.reference_compat)
+    hist_idx = vocab.FRAME_HEADER + content
     if not cfg.reference_compat:                               # given frames cached like history frames
         for g in range(G):
-            tokens[:, lp + 3 + g * lf + hist_idx] = vocab.mask
+            tokens[:, frame0 + g * lf + hist_idx] = vocab.mask
 
     device = torch.device(device) if device is not None else _model_device(model)
     tokens_t = torch.from_numpy(tokens).to(device)
     pad_t = torch.from_numpy(pad).to(device)
-    code_idx = (3 + np.arange(h)[:, None] * (w + 1) + np.arange(w)[None, :]).reshape(-1)
-    first = lp + 3 + G * lf
+    code_idx = vocab.code_offsets(h, w)
     return Plan(
         vocab=vocab, tokens=tokens_t, valid=torch.arange(L, device=device)[None] >= pad_t[:, None],
         pos=model.positions(tokens_t, start=pad_t), fid=frame_ids(tokens_t, vocab), n_cond=n, video_col=lp, h=h, w=w,
@@ -423,8 +442,8 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
     n, lf, N = plan.n_cond, plan.frame_len, plan.h * plan.w
     reps = B // n                                                # 2 with CFG (cond + uncond), else 1
     F = len(plan.frame_starts)
-    counts = mask_schedule(N, cfg.steps)
-    temps = remask_temperatures(cfg.remask_temperature, cfg.steps, F, cfg.reference_compat)
+    counts = mask_schedule(N, cfg.num_inference_steps)
+    temps = remask_temperatures(cfg.remask_temperature, cfg.num_inference_steps, F, cfg.reference_compat)
     rows = _visual_rows(vocab)
     cols = torch.arange(L, device=device)
     # The context as the model sees it: history frames as cached (masked copies), current frame as is.
@@ -443,8 +462,8 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
                 mask = frame_causal_mask(plan.fid[:, :e0], plan.valid[:, :e0])     # (B, 1, e0, e0)
                 pos = plan.pos.slice(0, e0)
             frame = ctx[:n, s0:e0].clone()                                          # (n, Lf)
-            for s in tqdm(range(cfg.steps), desc=f"frame {f + 1}/{F}", unit="step", disable=not progress,
-                          leave=False):
+            for s in tqdm(range(cfg.num_inference_steps), desc=f"frame {f + 1}/{F}", unit="step",
+                          disable=not progress, leave=False):
                 x = frame.repeat(reps, 1)                                            # (B, Lf)
                 if use_cache:
                     hidden = _forward(model, stats, x, pos, mask, cache_pos, e0)

@@ -11,28 +11,60 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import numbers
 import os
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 
-
-class LumosError(Exception):
-    """A problem with the user's input (file, flag, checkpoint). The CLI prints it as one line and
-    exits with code 2; the message names the problem and what to do."""
+import numpy as np
 
 
-def check_keys(cls, d, what: str, error: type[Exception] = LumosError, where=None) -> None:
+class LumosError(ValueError):
+    """The one error family of the library: a problem with the user's input (file, flag, config,
+    checkpoint, prompt). The message is one line naming the problem and what to do; `lumos.cli.main`
+    prints it as `lumos: error: ...` with exit code 2. A ValueError, so code that catches ValueError
+    from a config class keeps working."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none): what a one-line
+    LumosError quotes of a third-party error (tokenizers, TorchScript, torch.load, PyAV, Pillow)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def fits(want, v) -> tuple[bool, str]:
+    """Does the value `v` fit the field type `want` (bool, int, float, str, tuple[int, ...] or a class)?
+    -> (ok, the type's name for an error message). Strict where a config must be: a bool is not an
+    int, a float is not an int; an int is a float; numpy scalars count as their Python kind."""
+    integer = isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+    if want is bool:
+        return isinstance(v, (bool, np.bool_)), "bool"
+    if want is int:
+        return integer, "int"
+    if want is float:
+        return integer or isinstance(v, (float, np.floating)), "float"
+    if typing.get_origin(want) is tuple:
+        return isinstance(v, (list, tuple)) and all(fits(int, x)[0] for x in v), "list of int"
+    if isinstance(want, type):
+        return isinstance(v, want), want.__name__
+    return True, str(want)
+
+
+def check_keys(cls, d, what: str, where=None) -> None:
     """Strict config loading: `d` must be a dict whose keys are fields of the dataclass `cls`. A typo
-    must not silently fall back to a default, so an unknown key raises `error` naming it:
+    must not silently fall back to a default, so an unknown key is a LumosError naming it:
     "[{where}: ]unknown {what} keys ['lerning_rate']; known: [...]"."""
     known = sorted(f.name for f in dataclasses.fields(cls))
     at = f"{where}: " if where else ""
     if not isinstance(d, dict):
-        raise error(f"{at}{what} must be a table of keys ({', '.join(known)}), got {type(d).__name__}")
+        raise LumosError(f"{at}{what} must be a table of keys ({', '.join(known)}), got {type(d).__name__}")
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise error(f"{at}unknown {what} keys {unknown}; known: {known}")
+        raise LumosError(f"{at}unknown {what} keys {unknown}; known: {known}")
+
 
 def check_weights(expected: dict, sd: dict, where, *,
                   config: str = "its config.json", kind: str = "a Lumos-1 checkpoint",

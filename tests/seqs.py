@@ -135,4 +135,70 @@ def cos_sin_from_angles(a):
     return np.cos(a), np.sin(a)
 
 
-__all__ = ["sharp_model", "official_record", "t2v", "ref_positions", "ref_mask", "ref_rope_angles", "math"]
+def full_vocab_loss(hidden, lm_head_weight, targets, vocab):
+    """The reference's loss (for tests and benchmarks/loss_memory.py): fp32 logits over the *full*
+    vocabulary for every position `[B L, V]`, then the visual columns of the target rows, then the
+    mean cross-entropy. Same value as `masked_visual_loss(...).loss` with z-loss 0."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), lm_head_weight)
+    logits = logits.double() if logits.dtype == torch.float64 else logits.float()      # (B L, V)
+    flat_t = targets.reshape(-1)
+    keep = flat_t >= 0
+    vis = logits[keep][:, vocab.visual_offset: vocab.visual_offset + vocab.codebook_size]
+    return F.cross_entropy(vis, flat_t[keep])
+
+
+def output_tokens(plan, codes):
+    """The conditional sequences of a `lumos.sampling.Plan` with every frame filled in from `codes`
+    `[n_cond, G + F, h, w]` (as `generate` returns them) and VIDEO_END appended: one int64 tensor per
+    video, padding removed. Rebuilt from the prompt part of the plan and `Vocab.frame_tokens`."""
+    import torch
+
+    v = plan.vocab
+    out = []
+    for i in range(plan.n_cond):
+        start = int((~plan.valid[i]).sum())
+        head = plan.tokens[i, start:plan.video_col + v.VIDEO_HEADER].cpu().numpy()     # prompt + video header
+        frames = [v.frame_tokens(c) for c in codes[i].cpu().numpy()]
+        out.append(torch.from_numpy(np.concatenate([head, *frames, [v.video_end]])))
+    return out
+
+
+def record_lengths(reader):
+    """Token count of every record of a `RecordReader`, from the shards' offsets.npy files alone."""
+    return np.concatenate([np.diff(np.load(reader.root / s / "offsets.npy")) for s in reader.shards])
+
+
+def allow_cpu_flex_backward(monkeypatch):
+    """Give `lumos.model.flex_attention` a CPU backward for one test, to check the flex masks' gradients
+    on the CPU (torch refuses FlexAttention backward there, and so does the library). Runs the unfused
+    math path of the FlexAttention operator through torch's private API (it may move between torch
+    versions: the test skips then); it materialises the scores, which is fine at test sizes. Calls
+    that need no CPU backward go to the library's function as before."""
+    import torch
+
+    from lumos import model as M
+
+    library = M.flex_attention
+    try:
+        from torch._higher_order_ops.flex_attention import flex_attention as flex_hop
+        from torch.nn.attention.flex_attention import _apply_kernel_options
+    except ImportError as e:
+        pytest.skip(f"this torch has no private FlexAttention operator to run a CPU backward ({e})")
+
+    def flex_attention(q, k, v, block_mask):
+        if not (q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+            return library(q, k, v, block_mask)
+        if q.shape[1] != k.shape[1]:                                                    # GQA
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        opts = _apply_kernel_options(q, k, v, True, None)
+        return flex_hop(q, k, v, lambda s, b, h, i, j: s, block_mask.as_tuple(), q.shape[-1] ** -0.5, opts)[0]
+
+    monkeypatch.setattr(M, "flex_attention", flex_attention)
+
+
+__all__ = ["sharp_model", "official_record", "t2v", "ref_positions", "ref_mask", "ref_rope_angles", "math",
+           "full_vocab_loss", "output_tokens", "record_lengths", "allow_cpu_flex_backward"]

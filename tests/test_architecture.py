@@ -162,3 +162,25 @@ def test_reader_finds_core_to_job_imports_and_job_circles(tmp_path):
     assert core_violations(graph, "lumos") == ["lumos.model -> lumos.train.loop"]
     assert room_cycles(graph, "lumos") == [["train", "world"]]
     assert cycles(graph) == [["lumos.train.loop", "lumos.world.digits"]]
+
+
+# ------------------------------------------------------------------------------------- the package face
+def test_package_face():
+    import lumos
+    from lumos import LumosModel, LumosPipeline, ModelConfig, Vocab
+
+    assert LumosPipeline.__module__ == "lumos.pipeline" and LumosModel.__module__ == "lumos.model"
+    assert ModelConfig.__module__ == "lumos.config" and Vocab.__module__ == "lumos.vocab"
+    assert set(lumos.__all__) <= set(dir(lumos))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        lumos.Nope
+
+
+def test_import_lumos_is_cheap():
+    """`import lumos` (and so `lumos --help`) loads no torch: the face imports on first use."""
+    import subprocess
+    import sys
+
+    code = "import sys, lumos; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -7,7 +7,9 @@ import pytest
 
 from lumos.world.builtin import caption_corpus, export, prepare, prepared_with
 from lumos.data.records import RecordReader
-from lumos.train.loop import TrainConfig, train
+from lumos.train.batches import BatchOptions
+from lumos.train.config import TrainConfig
+from lumos.train.loop import train
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
 from _stand_ins import save_vq_stand_in
@@ -35,7 +37,7 @@ def test_prepare_train_export_generate(tmp_path):
     with pytest.raises(LumosError, match="has no prepared.json"):
         prepare(tmp_path / "old", num_records=12, seed=0, tokenizer=tok, progress=False)
 
-    train(TrainConfig(model="tiny", data=[str(data / "train")], max_frames=5, max_steps=2, batch_size=4,
+    train(TrainConfig(model="tiny", data=[str(data / "train")], batch=BatchOptions(max_frames=5), max_steps=2, batch_size=4,
                       warmup_steps=1, tensorboard=False, out_dir=str(tmp_path / "run")))
     out = export(tmp_path / "run", data=data, out=tmp_path / "asset", tokenizer=tok)
     from lumos.pipeline import LumosPipeline

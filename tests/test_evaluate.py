@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import lumos.world.evaluate as E
+import lumos.world.scoring as scoring
 import lumos.pipeline as P
 from lumos.world import digits as D
 from lumos.cli import main
@@ -44,7 +45,7 @@ def test_scorers_pass_on_ground_truth_clips(split):
     """Validation handwriting (never seen by the classifier), every combination of the split."""
     rows = []
     for video, _, o in _clips(split, N_CLIPS, 0):
-        rows.append(E.score_video(video, o["digit"], o["colour"], o["direction"], image=video[0]))
+        rows.append(scoring.score_video(video, o["digit"], o["colour"], o["direction"], image=video[0]))
     rates = {k: _rate(rows, k) for k in ("digit_correct", "colour_correct", "direction_correct", "stable", "i2v_pass")}
     print(split, N_CLIPS, "clips", rates)
     assert rates["digit_correct"] >= 0.95
@@ -78,10 +79,10 @@ def test_scorers_fail_on_corrupted_clips(val_clips):
     for video, _, o in val_clips:
         exp = (o["digit"], o["colour"], o["direction"])
         wrong = names[(names.index(o["colour"]) + 1) % len(names)]
-        repaint.append(E.score_video(_repaint(video, wrong), *exp))
-        reverse.append(E.score_video(video[::-1].copy(), *exp))
-        swap.append(E.score_video(_swapped(video, o), *exp))
-        blank.append(E.score_video(np.zeros_like(video), *exp, image=video[0]))
+        repaint.append(scoring.score_video(_repaint(video, wrong), *exp))
+        reverse.append(scoring.score_video(video[::-1].copy(), *exp))
+        swap.append(scoring.score_video(_swapped(video, o), *exp))
+        blank.append(scoring.score_video(np.zeros_like(video), *exp, image=video[0]))
         # the reversed clip is read as moving the opposite way, not merely "not right"
         assert reverse[-1]["direction_pred"] == opposite[o["direction"]]
     rates = {"repaint colour": _rate(repaint, "colour_correct"), "repaint digit": _rate(repaint, "digit_correct"),
@@ -99,20 +100,20 @@ def test_scorers_fail_on_corrupted_clips(val_clips):
 def test_static_vanishing_and_foreign_i2v_fail(val_clips):
     video, _, o = val_clips[0]
     still = np.repeat(video[:1], len(video), axis=0)
-    assert E.score_direction(still).value == "static"
-    assert E.score_direction(still, o["direction"]).passed is False
+    assert scoring.score_direction(still).value == "static"
+    assert scoring.score_direction(still, o["direction"]).passed is False
     vanishing = video.copy()
     vanishing[10:] = 0                                   # the digit disappears two thirds of the way through
-    s = E.score_identity(vanishing)
+    s = scoring.score_identity(vanishing)
     assert s.passed is False and s.info["all_frames_present"] is False
     shrinking = video.copy()
     shrinking[12:] = np.where(shrinking[12:].max(-1, keepdims=True) > 200, shrinking[12:], 0)  # strokes thin out
-    assert E.score_identity(shrinking).info["area_ratio"][0] < 1
+    assert scoring.score_identity(shrinking).info["area_ratio"][0] < 1
     # image-to-video against the first frame of clips showing other digits: fails
     foreign = [(v, oo) for v, _, oo in val_clips if oo["digit"] != o["digit"]][:10]
-    results = [E.score_i2v(v, video[0]) for v, _ in foreign]
+    results = [scoring.score_i2v(v, video[0]) for v, _ in foreign]
     assert sum(r.passed for r in results) == 0
-    assert E.score_i2v(video, video[0]).passed and E.score_i2v(video, video[0]).value > 0.8
+    assert scoring.score_i2v(video, video[0]).passed and scoring.score_i2v(video, video[0]).value > 0.8
 
 
 # ============================================================================================ evaluation
@@ -234,7 +235,7 @@ def test_evaluate_drives_a_real_pipeline_and_times_next_token():
     items = E.build_items(num_prompts=2, num_i2v=1, sets=("val", "i2v"))
     report = E.evaluate(pipe, items, seed=0, batch_size=2, guidance_scale=2.0, next_token_prompts=1, ceiling_clips=2,
                         progress=False)
-    assert report["settings"]["steps"] == 2 and report["settings"]["guidance_scale"] == 2.0
+    assert report["settings"]["num_inference_steps"] == 2 and report["settings"]["guidance_scale"] == 2.0
     assert report["settings"]["height"] == 64 and report["settings"]["num_frames"] == 17
     nt = report["next_token"]
     # 5 latent frames of 8x8 codes: parallel F(S+1) = 15 passes, next-token 1 + F N = 321
@@ -283,5 +284,5 @@ def test_cli_writes_reports(tmp_path, capsys, monkeypatch):
     assert "| i2v | 2 |" in printed and "report.json" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["model_path"] == str(d) and report["seed"] == 5 and report["next_token"] is None
-    assert report["settings"]["steps"] == 2 and len(report["videos"]) == 2
+    assert report["settings"]["num_inference_steps"] == 2 and len(report["videos"]) == 2
     assert "| i2v | 2 |" in (out / "report.md").read_text()

@@ -23,7 +23,7 @@ def prompt(n_text, seed, given=None):
 
 
 def decode(model, prompts, mode="parallel", frames=3, h=3, w=4, seed=0, **cfg):
-    cfg = SampleConfig(**{"steps": 4, **cfg})
+    cfg = SampleConfig(**{"num_inference_steps": 4, **cfg})
     plan = plan_generation(model, prompts, frames, h, w, cfg)
     return plan, generate(model, plan, cfg, torch.Generator().manual_seed(seed), mode=mode)
 
@@ -110,7 +110,7 @@ class TwoPassCFG(Recorder):
 @pytest.mark.parametrize("mode", ["parallel", "next-token"])
 def test_batched_cfg_equals_two_separate_passes(mode):
     p = [prompt(9, 5)]
-    cfg = SampleConfig(steps=4, guidance_scale=15.0)
+    cfg = SampleConfig(num_inference_steps=4, guidance_scale=15.0)
     plan = plan_generation(MODEL, p, 2, 3, 4, cfg)
     vs = plan.video_col
     # the padded uncond row's positions are those of the unpadded uncond sequence

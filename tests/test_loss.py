@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lumos.train.loss import chunked_visual_ce, full_vocab_loss, masked_visual_loss
+from lumos.train.loss import chunked_visual_ce, masked_visual_loss
 from lumos.vocab import Vocab
+from seqs import full_vocab_loss
 
 # A vocabulary whose text part is much larger than the codebook, like the released one.
 VOCAB = Vocab.compact(text_vocab_size=2000, codebook_size=96)

@@ -75,7 +75,7 @@ def test_text_to_video_shapes_seed_and_prompt():
                                             "at 4 frames per second, according to the following prompt:\n "
                                             "a red 3 moving left")
     s = pipe.settings()
-    assert (s.task, s.duration, s.fps, s.sample.guidance_scale, s.sample.steps) == ("t2v", 2, 4, 15.0, 2)
+    assert (s.task, s.duration, s.fps, s.sample.guidance_scale, s.sample.num_inference_steps) == ("t2v", 2, 4, 15.0, 2)
     # a model trained on another prompt text names it in its defaults (the built-in model: the bare caption)
     bare = tiny_pipe(prompt_template="{caption}")
     bare("a red 3 moving left", generator=gen(0), progress=False)
@@ -220,7 +220,7 @@ def test_cli_generates_video_image_and_manifest(pipe_dir, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["i.json", "i.png", "v.json", "v.mp4"]
     m = json.loads((out / "v.json").read_text())
     assert m["prompt"] == "a red 3 moving left" and m["seed"] == 7 and m["frames"] == 9
-    assert m["settings"]["task"] == "t2v" and m["settings"]["steps"] == 2 and m["time_s"] > 0
+    assert m["settings"]["task"] == "t2v" and m["settings"]["num_inference_steps"] == 2 and m["time_s"] > 0
     from lumos.media import read_media
     frames, _ = read_media(out / "v.mp4")
     assert frames.shape == (9, 16, 24, 3)

@@ -12,6 +12,7 @@ from lumos.data.records import (RecordReader, build_index, cap_frames, load_offi
 from lumos.tokenizers.text import train_text_tokenizer
 from lumos.utils import LumosError
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
+from seqs import record_lengths
 
 
 def shared_data() -> Path:
@@ -61,7 +62,7 @@ def test_reader_returns_what_was_written(records_dir):
         assert reader.meta(i)["id"] == meta["id"]
         assert np.array_equal(reader.vocab.parse_video(reader[i]).frames, codes)
     assert np.array_equal(reader[-1], recs[-1][0])
-    assert reader.lengths().tolist() == [len(t) for t, _, _ in recs]
+    assert record_lengths(reader).tolist() == [len(t) for t, _, _ in recs]
     with pytest.raises(IndexError):
         reader[3]
     # picklable for DataLoader workers, without the memory maps

@@ -18,6 +18,7 @@ from lumos.sampling import (
 )
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
+from seqs import output_tokens
 
 
 
@@ -72,7 +73,7 @@ def random_table(seed=0, scale=3.0, length=400):
 
 
 def run(model, prompts, frames=2, h=2, w=3, mode="parallel", seed=0, **cfg):
-    cfg = SampleConfig(**{"steps": 4, "guidance_scale": 1.0, **cfg})
+    cfg = SampleConfig(**{"num_inference_steps": 4, "guidance_scale": 1.0, **cfg})
     plan = plan_generation(model, prompts, frames, h, w, cfg)
     return plan, generate(model, plan, cfg, torch.Generator().manual_seed(seed), mode=mode)
 
@@ -166,8 +167,8 @@ def test_mask_by_random_topk_exact_count_lowest_first_known_never():
 
 
 def test_sample_config_rejects_bad_values():
-    for bad in (dict(steps=0), dict(steps=-3), dict(guidance_scale=-1), dict(temperature=-0.1), dict(top_k=0),
-                dict(top_p=0.0), dict(top_p=1.5), dict(history_mask_ratio=1.2), dict(remask_temperature=-1)):
+    for bad in (dict(num_inference_steps=0), dict(num_inference_steps=-3), dict(guidance_scale=-1),
+                dict(temperature=-0.1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(history_mask_ratio=1.2), dict(remask_temperature=-1)):
         with pytest.raises(LumosError):
             SampleConfig(**bad)
 
@@ -176,7 +177,7 @@ def test_sample_config_rejects_bad_values():
 def test_unmasking_schedule_counts_per_step():
     h, w, S = 4, 4, 5
     model = MockModel(random_table())
-    plan, out = run(model, [prompt()], frames=2, h=h, w=w, steps=S)
+    plan, out = run(model, [prompt()], frames=2, h=h, w=w, num_inference_steps=S)
     expected = [h * w] + mask_schedule(h * w, S)[:-1]                    # masked codes fed to each step
     for f in range(2):
         calls = frame_calls(model, plan, f)
@@ -192,7 +193,8 @@ def test_confidence_ordering_reveals_most_confident_first():
     cols = torch.arange(400)
     table[cols, cols % K] = 0.5 + 0.25 * cols.float()                    # later columns: more confident
     model = MockModel(table)
-    plan, out = run(model, [prompt()], frames=1, h=h, w=w, steps=S, temperature=0.0, remask_temperature=0.0)
+    plan, out = run(model, [prompt()], frames=1, h=h, w=w, num_inference_steps=S, temperature=0.0,
+                    remask_temperature=0.0)
     calls = frame_calls(model, plan, 0)
     known_before = torch.zeros(h * w, dtype=torch.bool)
     for s, call in enumerate(calls):
@@ -257,7 +259,7 @@ def test_history_masking_of_cache_writes():
     h, w, S = 2, 3, 3
     for ratio in (0.7, 0.0):
         model = MockModel(random_table())
-        plan, out = run(model, [prompt()], frames=3, h=h, w=w, steps=S, history_mask_ratio=ratio)
+        plan, out = run(model, [prompt()], frames=3, h=h, w=w, num_inference_steps=S, history_mask_ratio=ratio)
         pattern = history_mask_indices(h * (w + 1), ratio)
         assert len(model.calls) == 3 * (S + 1)                            # F (S + 1)
         for f in range(2):                                                # frames 0, 1 are written; 2 is not
@@ -278,7 +280,8 @@ def test_remask_temperature_used_per_step(compat, monkeypatch):
     used = []
     real = S.mask_by_random_topk
     monkeypatch.setattr(S, "mask_by_random_topk", lambda lp, n, t, g: used.append(t) or real(lp, n, t, g))
-    run(MockModel(random_table()), [prompt()], frames=3, steps=4, remask_temperature=2.0, reference_compat=compat)
+    run(MockModel(random_table()), [prompt()], frames=3, num_inference_steps=4, remask_temperature=2.0,
+        reference_compat=compat)
     per_frame = [used[i:i + 3] for i in range(0, 9, 3)]          # 3 re-masking steps per frame (not the last)
     if compat:
         assert per_frame[0] == pytest.approx([1.5, 0.75, 0.1875]) and per_frame[1:] == [[0.0] * 3] * 2
@@ -302,7 +305,8 @@ def test_image_to_video_given_frame_cached_masked_by_default_unmasked_in_compat(
     h, w, S = 2, 3, 3
     first = np.random.default_rng(0).integers(0, K, (h, w))
     model = MockModel(random_table())
-    plan, out = run(model, [prompt(given=first[None])], frames=2, h=h, w=w, steps=S, reference_compat=compat)
+    plan, out = run(model, [prompt(given=first[None])], frames=2, h=h, w=w, num_inference_steps=S,
+                    reference_compat=compat)
     assert torch.equal(out.codes[0, 0], torch.from_numpy(first))          # the given frame leads the output
     assert out.codes.shape == (1, 3, h, w)
     prefill = model.calls[0].tokens[0]
@@ -321,14 +325,14 @@ def test_continuation_and_text_to_image():
     h, w, S = 2, 2, 3
     given = np.random.default_rng(1).integers(0, K, (2, h, w))
     model = MockModel(random_table())
-    plan, out = run(model, [prompt(given=given)], frames=1, h=h, w=w, steps=S)
+    plan, out = run(model, [prompt(given=given)], frames=1, h=h, w=w, num_inference_steps=S)
     assert torch.equal(out.codes[0, :2], torch.from_numpy(given)) and out.codes.shape == (1, 3, h, w)
     assert plan.prefill_len == plan.video_col + 3 + 2 * plan.frame_len
     assert len(model.calls) == 1 + S                                      # one frame: no cache write
     t2i = VOCAB.build_t2i(np.arange(1, 6), complete=False)
     model = MockModel(random_table())
-    plan, out = run(model, [t2i], frames=1, h=h, w=w, steps=S)
-    seq = plan.output_tokens(out.codes)[0].numpy()
+    plan, out = run(model, [t2i], frames=1, h=h, w=w, num_inference_steps=S)
+    seq = output_tokens(plan, out.codes)[0].numpy()
     parsed = VOCAB.parse_video(seq)
     assert parsed.complete and (parsed.duration, parsed.fps) == (1, 1)
     assert np.array_equal(parsed.frames, out.codes[0].numpy())
@@ -369,7 +373,7 @@ def test_batch_of_prompts_with_different_text_lengths_equals_each_alone():
 
 def test_streaming_yields_each_frame_as_it_finishes():
     model = MockModel(random_table())
-    cfg = SampleConfig(steps=3, guidance_scale=1.0)
+    cfg = SampleConfig(num_inference_steps=3, guidance_scale=1.0)
     plan = plan_generation(model, [prompt()], 3, 2, 2, cfg)
     frames = iter_parallel(model, plan, cfg, torch.Generator().manual_seed(0))
     first = next(frames)
@@ -383,7 +387,7 @@ def test_streaming_yields_each_frame_as_it_finishes():
 
 def test_bad_prompts_are_refused():
     model = MockModel(random_table())
-    cfg = SampleConfig(steps=2)
+    cfg = SampleConfig(num_inference_steps=2)
     with pytest.raises(LumosError, match="open"):
         plan_generation(model, [VOCAB.build([1, 2], None, duration=1, fps=1, complete=True)], 1, 2, 2, cfg)
     with pytest.raises(LumosError, match="same number of given frames"):

@@ -22,7 +22,9 @@ import pytest
 import torch
 
 from lumos.model import LumosModel
-from lumos.train.loop import TrainConfig, get_lr, list_checkpoints, train
+from lumos.train.checkpoints import list_checkpoints
+from lumos.train.config import TrainConfig
+from lumos.train.loop import train
 from lumos.utils import LumosError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def test_config_is_strict(tmp_path):
     with pytest.raises(LumosError, match="'max_steps' must be of type int"):
         TrainConfig.from_toml(TINY, ['max_steps="ten"'])
     with pytest.raises(LumosError, match="mask_mode = 'blocky' is not one of"):
-        TrainConfig.from_toml(TINY, ['mask_mode="blocky"'])
+        TrainConfig.from_toml(TINY, ['batch.mask_mode="blocky"'])
     with pytest.raises(LumosError, match="unknown model config keys"):
         train(TrainConfig.from_toml(TINY, ["model_overrides={layers=3}", f'out_dir="{tmp_path}"']))
     assert TrainConfig.from_toml(TINY, ["lr=1", "out_dir=runs/x"]).lr == 1.0          # int -> float, bare word
@@ -73,12 +75,12 @@ def test_config_is_strict(tmp_path):
 
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
-    assert get_lr(0, cfg) == pytest.approx(0.1) and get_lr(9, cfg) == pytest.approx(1.0)
-    assert get_lr(10, cfg) == pytest.approx(1.0)
-    assert get_lr(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert get_lr(110, cfg) == pytest.approx(0.1) and get_lr(500, cfg) == pytest.approx(0.1)
+    assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(9) == pytest.approx(1.0)
+    assert cfg.lr_at(10) == pytest.approx(1.0)
+    assert cfg.lr_at(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert cfg.lr_at(110) == pytest.approx(0.1) and cfg.lr_at(500) == pytest.approx(0.1)
     const = TrainConfig(lr=2.5e-5, lr_schedule="constant", warmup_steps=4, max_steps=100)
-    assert [get_lr(s, const) for s in (0, 3, 4, 99)] == pytest.approx([6.25e-6, 2.5e-5, 2.5e-5, 2.5e-5])
+    assert [const.lr_at(s) for s in (0, 3, 4, 99)] == pytest.approx([6.25e-6, 2.5e-5, 2.5e-5, 2.5e-5])
 
 
 # ---------------------------------------------------------------------------------------------- numerics

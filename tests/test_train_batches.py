@@ -9,7 +9,8 @@ import torch
 
 from lumos.train.batches import BatchOptions, Batcher, ConcatSource, SyntheticVideos, fetch
 from lumos.data.records import RecordReader, build_index, write_shard
-from lumos.train.loop import TrainConfig, train
+from lumos.train.config import TrainConfig
+from lumos.train.loop import train
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
 from seqs import t2v
@@ -95,7 +96,7 @@ def test_cfg_drop_and_length_check():
     keep_all = Batcher(videos(), VOCAB, BatchOptions(cfg_drop_prob=0.0), seed=0).step_batches(0, 4, 4)[0]
     assert (keep_all.inputs[:, 0] == VOCAB.bos).all()
     with pytest.raises(LumosError, match="max_seq_len"):
-        Batcher(videos(), VOCAB, BatchOptions(max_frames=5, max_seq_len=30), seed=0).step_batches(0, 4, 4)
+        Batcher(videos(), VOCAB, BatchOptions(max_frames=5), seed=0, max_seq_len=30).step_batches(0, 4, 4)
     with pytest.raises(ValueError, match="not a multiple"):
         Batcher(videos(), VOCAB, BatchOptions(), seed=0).step_batches(0, 5, 2)
 
@@ -125,8 +126,9 @@ def test_record_reader_source_and_training_on_records(tmp_path):
     write_records(tmp_path / "records", seqs, vocab)
     reader = RecordReader(tmp_path / "records")
     assert np.array_equal(fetch(reader, 0, 3, None, vocab), fetch(seqs, 0, 3, None, vocab))
-    hist = train(TrainConfig(model="tiny", data=[str(tmp_path / "records")], max_frames=3, max_steps=2,
-                             batch_size=4, warmup_steps=1, tensorboard=False, out_dir=str(tmp_path / "run")))
+    hist = train(TrainConfig(model="tiny", data=[str(tmp_path / "records")], batch=BatchOptions(max_frames=3),
+                             max_steps=2, batch_size=4, warmup_steps=1, tensorboard=False,
+                             out_dir=str(tmp_path / "run")))
     assert len(hist) == 2 and all(np.isfinite(r["loss"]) for r in hist)
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-000002" / "train_state.json").read_text())
     assert state["model_config"]["vocab"] == vocab.to_dict()                     # the records' vocabulary

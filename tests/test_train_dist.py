@@ -29,7 +29,7 @@ def sets(**kw) -> list[str]:
 
 
 def config(**kw):
-    from lumos.train.loop import TrainConfig
+    from lumos.train.config import TrainConfig
 
     return TrainConfig.from_toml(TINY, sets(**kw))
 

@@ -118,3 +118,103 @@ def test_official_records_parse_and_roundtrip(name, frames, h, w):
     labels = np.asarray(rec["label"])
     sep = int(np.flatnonzero(toks == v.sep)[0])
     assert (labels[: sep + 1] == -100).all() and (labels[sep + 1:] == toks[sep + 1:]).all()
+
+
+# ------------------------------------------------------------------------------------------ layout owner
+def grids(vocab):
+    """Latent grids to check: the smallest one (1 x 1 in the compact layout) and a wider one."""
+    g = vocab.grid_per_size
+    return [(g, g), (2 * g, 3 * g), (g, 2 * g)]
+
+
+def test_header_lengths_are_those_the_builders_write(vocab):
+    assert len(vocab.video_tokens(None, 2, 8, complete=False)) == Vocab.VIDEO_HEADER
+    for h, w in grids(vocab):
+        toks = vocab.frame_tokens(np.zeros((h, w), np.int64))
+        g = vocab.grid_per_size
+        assert list(toks[:Vocab.FRAME_HEADER]) == [vocab.frame_start, vocab.size_token(h // g), vocab.size_token(w // g)]
+        assert vocab.body_length(h, w) == len(toks) - Vocab.FRAME_HEADER - 1 == h * (w + 1)
+
+
+def test_code_offsets_and_masked_frame_against_brute_force(vocab):
+    for h, w in grids(vocab):
+        codes = np.arange(h * w).reshape(h, w)                      # distinct codes: each found once
+        toks = vocab.frame_tokens(codes)
+        want = [int(np.flatnonzero(toks == vocab.visual_offset + c)[0]) for c in range(h * w)]
+        got = vocab.code_offsets(h, w)
+        assert got.dtype == np.int64 and got.tolist() == want
+        masked = vocab.masked_frame(h, w)
+        expect = toks.copy()
+        expect[want] = vocab.mask
+        assert masked.dtype == np.int64 and masked.tolist() == expect.tolist()
+
+
+def test_one_by_one_frame():
+    v = Vocab.compact(64, 100, max_size=32)
+    assert v.masked_frame(1, 1).tolist() == [v.frame_start, v.size_token(1), v.size_token(1), v.mask, v.newline,
+                                             v.frame_end]
+    assert v.code_offsets(1, 1).tolist() == [3] and v.frame_length(1, 1) == 6
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Vocab.chameleon().masked_frame(1, 1)                           # a size token counts 4 latent rows there
+
+
+def test_find_video_start_and_headers(vocab):
+    g = vocab.grid_per_size
+    seq = t2v(vocab, n_text=5, frames=2, h=g, w=2 * g, duration=3, fps=8)
+    first = next(i for i, x in enumerate(seq) if x == vocab.video_start)
+    assert vocab.find_video_start(seq) == first == 7                         # BOS, 5 text, SEP
+    assert vocab.find_video_start(np.concatenate([seq, seq])) == first        # the first one
+    assert vocab.find_video_start(seq[:first]) == -1 and vocab.find_video_start([]) == -1
+    assert vocab.video_header(seq, first) == (3, 8)
+    assert vocab.frame_grid(seq, first + Vocab.VIDEO_HEADER) == (g, 2 * g)
+    with pytest.raises(ValueError, match="video header"):
+        vocab.video_header(seq[:first + 2], first)
+    with pytest.raises(ValueError, match="frame header"):
+        vocab.frame_grid(seq[:first + 5], first + 3)
+
+
+def ref_segments(tokens, vocab):
+    """FrameSegments fields of one row, by walking the tokens. A token is inside a frame while more
+    frames have been opened than closed before it (so a stray FRAME_END closes the next frame early)."""
+    tokens = [int(x) for x in tokens]
+    L = len(tokens)
+    out = {k: [] for k in ("frame", "latest", "start", "offset", "rows", "cols")}
+    latest, start, closed = -1, -1, 0
+    for i, x in enumerate(tokens):
+        if x == vocab.frame_start:
+            latest, start = latest + 1, i
+        out["frame"].append(latest if latest + 1 > closed else -1)
+        if x == vocab.frame_end:
+            closed += 1
+        out["latest"].append(latest)
+        out["start"].append(start)
+        out["offset"].append(i - start - 3)
+        n = [tokens[start + k] - vocab.size_base if 0 <= start and start + 2 < L else 0 for k in (1, 2)]
+        ok = all(1 <= m <= vocab.max_size for m in n)
+        out["rows"].append(n[0] * vocab.grid_per_size if ok else 0)
+        out["cols"].append(n[1] * vocab.grid_per_size if ok else 0)
+    return out
+
+
+def test_frame_segments_against_walk(vocab):
+    import torch
+
+    g = vocab.grid_per_size
+    rng = np.random.default_rng(0)
+    markers = [vocab.frame_start, vocab.frame_end, vocab.newline, vocab.size_base, vocab.size_token(1), vocab.mask]
+    rows = [t2v(vocab, frames=3, h=g, w=2 * g), t2v(vocab, frames=1, h=g, w=g, n_text=0),
+            vocab.build_i2v([1, 2], np.zeros((g, g), np.int64), duration=1, fps=1), [vocab.frame_start]]
+    for k in range(6):                                                      # malformed: markers anywhere, cut off
+        r = t2v(vocab, frames=2, h=g, w=g, seed=k).copy()
+        r[rng.integers(0, len(r), 4)] = rng.choice(markers, 4)
+        rows.append(r[: rng.integers(1, len(r) + 1)])
+    L = max(len(r) for r in rows)
+    toks = torch.full((len(rows), L), vocab.bos, dtype=torch.long)          # right padding
+    for i, r in enumerate(rows):
+        toks[i, :len(r)] = torch.as_tensor(np.asarray(r, np.int64))
+    seg = vocab.frame_segments(toks)
+    assert torch.equal(vocab.frame_ids(toks), seg.frame)
+    for i in range(len(rows)):
+        want = ref_segments(toks[i], vocab)
+        for name, got in seg._asdict().items():
+            assert got.dtype == torch.long and got[i].tolist() == want[name], (i, name)

@@ -1,5 +1,6 @@
-"""The built-in causal video tokenizer (lumos.vq) and its trainer (lumos.train_tokenizer), on tiny
-configs: frame-count rule, FSQ, shapes, files, causality, and exact resume."""
+"""The built-in causal video tokenizer (lumos.tokenizers.vq) and its trainer
+(lumos.world.train_tokenizer), on tiny configs: frame-count rule, FSQ, shapes, files, causality, and
+exact resume."""
 
 import json
 import math
@@ -13,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from lumos.cli import main as cli_main
 from lumos.world.digits import sample_clip
-from lumos.world.train_tokenizer import config_from_dict, load_config, train_tokenizer
+from lumos.world.train_tokenizer import TrainTokenizerConfig, train_tokenizer
 from lumos.utils import LumosError
 from lumos.tokenizers.vq import CONFIGS, FSQ, VQTokenizer, video_psnr
 
@@ -158,11 +159,11 @@ def tiny_train_dict(out_dir, **top):
 
 
 def test_tiny_training_run_writes_tokenizer_and_metrics(tmp_path):
-    cfg = config_from_dict(tiny_train_dict(tmp_path / "run"))
+    cfg = TrainTokenizerConfig.from_dict(tiny_train_dict(tmp_path / "run"))
     metrics = train_tokenizer(cfg, progress=False)
     out = tmp_path / "run"
     assert {"vq.safetensors", "vq_config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
-    assert not (out / "checkpoint").exists()                            # keep_checkpoint = false
+    assert not (out / "checkpoints").exists()                           # keep_checkpoint = false
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["steps"] == 4 and saved["eval_videos"] == 4 and saved["codebook_size"] == 60
     assert saved["two_digits"]["eval_videos"] == 1                     # the two-digit mode is measured too
@@ -173,8 +174,14 @@ def test_tiny_training_run_writes_tokenizer_and_metrics(tmp_path):
     assert tok.encode(clip).shape == (2, 4, 4)
 
 
+def optimizer_tensors(checkpoint) -> dict:
+    """The AdamW state of a checkpoint folder, flat: {"<param>.<name>": tensor}."""
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+    return {f"{i}.{k}": v for i, s in state.items() for k, v in s.items()}
+
+
 def test_killed_and_resumed_run_is_bit_identical(tmp_path):
-    straight = config_from_dict(tiny_train_dict(tmp_path / "a", keep_checkpoint=True))
+    straight = TrainTokenizerConfig.from_dict(tiny_train_dict(tmp_path / "a", keep_checkpoint=True))
     train_tokenizer(straight, progress=False)
     killed = replace(straight, out_dir=str(tmp_path / "b"))
     assert train_tokenizer(killed, progress=False, stop_at=2) == {"stopped_at": 2}
@@ -185,15 +192,15 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     assert metrics["resumed_from_step"] == 2
     a, b = load_file(tmp_path / "a" / "vq.safetensors"), load_file(tmp_path / "b" / "vq.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    oa = load_file(tmp_path / "a" / "checkpoint" / "optimizer.safetensors")
-    ob = load_file(tmp_path / "b" / "checkpoint" / "optimizer.safetensors")
+    oa, ob = (optimizer_tensors(tmp_path / run / "checkpoints" / "step-000004") for run in ("a", "b"))
     assert all(torch.equal(oa[k], ob[k]) for k in oa)
     # and the run did train: weights moved away from the seed's initialisation
     torch.manual_seed(0)
     init = VQTokenizer(straight.model).state_dict()
     assert not torch.equal(init["encoder.stem.weight"], a["encoder.stem.weight"])
     # resuming with a different architecture is refused
-    changed = config_from_dict({**tiny_train_dict(tmp_path / "a"), "model": {"channels": [16, 16], "groups": 4}})
+    changed = TrainTokenizerConfig.from_dict({**tiny_train_dict(tmp_path / "a"),
+                                              "model": {"channels": [16, 16], "groups": 4}})
     with pytest.raises(LumosError, match="model"):
         train_tokenizer(changed, resume=True, progress=False)
 
@@ -201,18 +208,18 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
 def test_config_errors(tmp_path):
     d = tiny_train_dict(tmp_path)
     with pytest.raises(LumosError, match="lrr"):
-        config_from_dict({**d, "lrr": 1e-3})
+        TrainTokenizerConfig.from_dict({**d, "lrr": 1e-3})
     with pytest.raises(LumosError, match=r"unknown \[model\] keys \['chanels'\]"):
-        config_from_dict({**d, "model": {"chanels": [8, 16]}})
+        TrainTokenizerConfig.from_dict({**d, "model": {"chanels": [8, 16]}})
     with pytest.raises(LumosError, match=r"unknown \[data\] keys \['fsp'\]"):
-        config_from_dict({**d, "data": {"fsp": 8}})
+        TrainTokenizerConfig.from_dict({**d, "data": {"fsp": 8}})
     no_steps = {k: v for k, v in d.items() if k != "steps"}
     with pytest.raises(LumosError, match="missing required config key.*steps"):
-        config_from_dict(no_steps)
-    with pytest.raises(LumosError, match="batch_size must be int"):
-        config_from_dict({**d, "batch_size": "8"})
+        TrainTokenizerConfig.from_dict(no_steps)
+    with pytest.raises(LumosError, match="'batch_size' must be of type int"):
+        TrainTokenizerConfig.from_dict({**d, "batch_size": "8"})
     with pytest.raises(LumosError, match="channels"):
-        config_from_dict({**d, "model": {"channels": [8, 16, 32]}})   # 3 levels for 8 / 4 = 2 levels
+        TrainTokenizerConfig.from_dict({**d, "model": {"channels": [8, 16, 32]}})  # 3 levels for 8 / 4 = 2 levels
     # through the CLI: one line on stderr, exit code 2
     bad = tmp_path / "bad.toml"
     bad.write_text('steps = 2\nbatch_size = 2\nlr = 1e-3\nwarmup = 10\n')
@@ -221,7 +228,7 @@ def test_config_errors(tmp_path):
 
 
 def test_shipped_config_parses_and_cli_trains(tmp_path):
-    cfg = load_config(ROOT / "configs" / "tokenizer-moving-digits.toml")
+    cfg = TrainTokenizerConfig.from_toml(ROOT / "configs" / "tokenizer-moving-digits.toml")
     assert cfg.model.codebook_size <= 4096
     assert (cfg.model.temporal_compression, cfg.model.spatial_compression) == (4, 8)
     assert (cfg.data.height, cfg.data.width, cfg.data.num_frames) == (64, 64, 17)

@@ -15,13 +15,14 @@ from lumos.utils import LumosError
 
 COMMANDS = {
     # name: (module, help)
-    "tokenize": ("lumos.data.pretokenize", "pre-tokenize media + captions into sharded token records"),
-    "train-tokenizer": ("lumos.world.train_tokenizer", "train the built-in causal video tokenizer"),
-    "train": ("lumos.train.loop", "train a Lumos model (discrete diffusion with AR-DF)"),
+    "tokenize": ("lumos.cli.tokenize", "pre-tokenize media + captions into sharded token records"),
+    "train-tokenizer": ("lumos.cli.train_tokenizer", "train the built-in causal video tokenizer"),
+    "train": ("lumos.cli.train", "train a Lumos model (discrete diffusion with AR-DF)"),
     "generate": ("lumos.cli.generate", "generate images / videos from prompts, images or videos"),
     "bench": ("lumos.cli.bench", "time parallel (masked) decoding against next-token decoding"),
-    "eval": ("lumos.world.evaluate", "generate and score the built-in Moving Digits world automatically"),
-    "demo": ("lumos.world.demo", "generate a few videos with the built-in model (what `make demo` runs)"),
+    "eval": ("lumos.cli.eval", "generate and score the built-in Moving Digits world automatically"),
+    "demo": ("lumos.cli.demo", "generate a few videos with the built-in model (what `make demo` runs)"),
+    "builtin": ("lumos.cli.builtin", "prepare the built-in model's records; export a training run as a pipeline"),
 }
 
 

@@ -3,7 +3,8 @@
     lumos bench                                  # tiny random model, 64x64 px -> 8x8 = 64 codes/frame, 4 frames, S=16
     lumos bench --threads 1                      # steadier numbers on a shared CPU
     lumos bench --model lumos/assets/moving-digits --frames 5
-    lumos bench --preset bench-1b --device cuda --dtype bfloat16 --height 384 --width 672 --frames 7 --steps 50
+    lumos bench --preset bench-1b --device cuda --dtype bfloat16 --height 384 --width 672 --frames 7 \
+        --num-inference-steps 50
 
 One video is decoded per mode, with classifier-free guidance (every pass runs the cond and uncond rows
 in one batch), from a random text prompt of --text-len tokens:
@@ -11,6 +12,7 @@ in one batch), from a random text prompt of --text-len tokens:
 - parallel, no KV cache: F S passes, each over the whole sequence so far (the frame-causal mask)
 - next-token, KV cache:  1 + F N passes = 1 prefill + one per code (N = h w codes per frame)
 Each mode runs once to warm up, then --repeats times; the table shows the median wall time per video.
+The sampling flags are `lumos.sampling.SampleConfig`'s; S is --num-inference-steps (or --steps).
 On a CPU a pass's cost grows with its query tokens (a parallel pass carries a whole frame, a
 next-token pass one or two tokens), so the wall-time ratio is below the pass-count ratio; on a GPU,
 where small passes are latency-bound, the two get close.
@@ -26,9 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lumos.cli.flags import SettingFlags
 from lumos.cli.generate import DTYPES
 from lumos.sampling import SampleConfig, expected_forwards, generate, plan_generation
 from lumos.utils import LumosError
+
+# Fewer steps than a real generation by default: the pass counts and their ratio are what is measured.
+SAMPLING = SettingFlags(SampleConfig, defaults=SampleConfig(num_inference_steps=16),
+                        aliases={"num_inference_steps": ("--steps",)})
 
 LABELS = {  # mode -> (label, formula)
     "parallel": ("parallel, KV cache", "F(S+1)"),
@@ -45,15 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=64, help="pixels")
     p.add_argument("--patch", type=int, default=8, help="pixels per latent token (the tokenizer's spatial compression)")
     p.add_argument("--frames", type=int, default=4, help="latent frames to generate")
-    p.add_argument("--steps", type=int, default=16, help="refinement steps per frame (parallel decoding)")
     p.add_argument("--text-len", type=int, default=16, help="prompt text tokens")
-    p.add_argument("--guidance-scale", type=float, default=15.0, help="CFG scale (0 or 1: no uncond rows)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per mode (after one warm-up)")
     p.add_argument("--modes", nargs="+", choices=list(LABELS), default=list(LABELS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    SAMPLING.add(p.add_argument_group("sampling"))
 
 
 @dataclass
@@ -72,10 +78,11 @@ def bench_plan(model, h: int, w: int, frames: int, cfg: SampleConfig, text_len: 
     return plan_generation(model, [prompt], frames, h, w, cfg)
 
 
-def run_bench(model, h: int, w: int, frames: int, steps: int, *, modes=tuple(LABELS), text_len: int = 16,
-              guidance_scale: float = 15.0, repeats: int = 3, seed: int = 0) -> list[BenchRow]:
-    """Time each decoding mode on one video of `frames` latent frames of h x w codes."""
-    cfg = SampleConfig(steps=steps, guidance_scale=guidance_scale)
+def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, modes=tuple(LABELS),
+              text_len: int = 16, repeats: int = 3, seed: int = 0, **settings) -> list[BenchRow]:
+    """Time each decoding mode on one video of `frames` latent frames of h x w codes. settings: the
+    other fields of `SampleConfig` (its defaults otherwise)."""
+    cfg = SampleConfig(num_inference_steps=num_inference_steps, **settings)
     plan = bench_plan(model, h, w, frames, cfg, text_len, seed)
     device = plan.tokens.device
     rows = []
@@ -91,7 +98,8 @@ def run_bench(model, h: int, w: int, frames: int, steps: int, *, modes=tuple(LAB
                 torch.cuda.synchronize()
             if r:
                 times.append(time.perf_counter() - t0)
-        rows.append(BenchRow(mode, forwards, expected_forwards(mode, frames, steps, h * w), statistics.median(times)))
+        rows.append(BenchRow(mode, forwards, expected_forwards(mode, frames, cfg.num_inference_steps, h * w),
+                             statistics.median(times)))
     return rows
 
 
@@ -115,7 +123,8 @@ def run(args) -> int:
     from lumos.config import ModelConfig
     from lumos.model import LumosModel
 
-    for name in ("height", "width", "patch", "frames", "steps", "text_len", "repeats"):
+    settings = SAMPLING.read(args)
+    for name in ("height", "width", "patch", "frames", "text_len", "repeats"):
         if getattr(args, name) < 1:
             raise LumosError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads is not None:
@@ -130,10 +139,7 @@ def run(args) -> int:
         model = LumosModel.from_pretrained(resolve_model(args.model), device=args.device, dtype=dtype)
         name = str(args.model)
     else:
-        try:
-            cfg = ModelConfig.from_name(args.preset)
-        except ValueError as e:
-            raise LumosError(str(e)) from None
+        cfg = ModelConfig.from_name(args.preset)
         model = LumosModel.from_config(cfg, device=args.device, dtype=dtype, seed=args.seed)
         name = f"{args.preset} (random weights)"
     model.eval()
@@ -142,13 +148,12 @@ def run(args) -> int:
     if h % g or w % g:
         raise LumosError(f"a {h}x{w} latent grid is not a multiple of {g} (one size token = {g} latent rows); "
                          f"use --height/--width multiples of {g * args.patch}")
-    rows = run_bench(model, h, w, args.frames, args.steps, modes=args.modes, text_len=args.text_len,
-                     guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed)
-    use_cfg = SampleConfig(guidance_scale=args.guidance_scale).use_cfg
-    cfg_rows = "cond + uncond rows in one batch" if use_cfg else "no CFG"
+    rows = run_bench(model, h, w, args.frames, modes=args.modes, text_len=args.text_len, repeats=args.repeats,
+                     seed=args.seed, **settings)
+    cfg_rows = "cond + uncond rows in one batch" if SampleConfig(**settings).use_cfg else "no CFG"
     print(f"lumos bench: {name}, {model.num_params() / 1e6:.2f}M params, {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads")
-    print(f"one video: F={args.frames} frames of {h}x{w} = N={h * w} codes, S={args.steps} steps, "
+    print(f"one video: F={args.frames} frames of {h}x{w} = N={h * w} codes, S={settings['num_inference_steps']} steps, "
           f"{args.text_len} text tokens, {cfg_rows}; median of {args.repeats} runs")
     print(format_table(rows))
     return 0

@@ -27,8 +27,12 @@ from pathlib import Path
 
 import torch
 
+from lumos.cli.flags import SettingFlags
+from lumos.pipeline import CALL_SETTINGS, LumosPipeline, PipelineDefaults, resolve_model
 from lumos.utils import LumosError, atomic_write_json
 
+# The size and sampling flags: one per keyword of a pipeline call (left out: the model's pipeline.json).
+SETTINGS = SettingFlags(PipelineDefaults, CALL_SETTINGS)
 OUT_EXTS = (".mp4", ".webm", ".gif", ".png", ".jpg", ".jpeg")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,20 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--video-tokenizer", help="video tokenizer folder (default: tokenizer/ in the model folder)")
     m.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     m.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
-    s = p.add_argument_group("sampling (default: the model's pipeline.json)")
-    s.add_argument("--num-frames", type=int, help="frames of the video (1 = an image)")
-    s.add_argument("--height", type=int, help="pixels, a multiple of the tokenizer patch")
-    s.add_argument("--width", type=int, help="pixels, a multiple of the tokenizer patch")
-    s.add_argument("--fps", type=int)
-    s.add_argument("--num-inference-steps", type=int, help="refinement steps per latent frame")
-    s.add_argument("--guidance-scale", type=float, help="classifier-free guidance (0 or 1: off)")
-    s.add_argument("--history-mask-ratio", type=float, help="fraction of each finished frame masked in the cache")
-    s.add_argument("--temperature", type=float, help="code sampling temperature (0: argmax)")
-    s.add_argument("--top-k", type=int)
-    s.add_argument("--top-p", type=float)
-    s.add_argument("--remask-temperature", type=float, help="Gumbel noise scale of the confidences")
-    s.add_argument("--reference-compat", action=argparse.BooleanOptionalAction, default=None,
-                   help="reproduce the released sampler's quirks exactly")
+    SETTINGS.add(p.add_argument_group("size and sampling (default: the model's pipeline.json)"))
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -76,31 +67,19 @@ class Job:
     out: Path
 
 
-SAMPLING_FLAGS = ("num_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale",
-                  "history_mask_ratio", "temperature", "top_k", "top_p", "remask_temperature", "reference_compat")
-
-
-def check_flags(args) -> None:
-    """Range checks that need no model (the pipeline re-checks everything it is given)."""
-    positive = ("num_frames", "height", "width", "fps", "num_inference_steps", "top_k", "num_videos_per_prompt")
-    for name in positive:
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise LumosError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("guidance_scale", "temperature", "remask_temperature"):
-        v = getattr(args, name)
-        if v is not None and not v >= 0:
-            raise LumosError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
-    if args.history_mask_ratio is not None and not 0 <= args.history_mask_ratio <= 1:
-        raise LumosError(f"--history-mask-ratio must be in [0, 1], got {args.history_mask_ratio}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise LumosError(f"--top-p must be in (0, 1], got {args.top_p}")
+def check_flags(args) -> dict:
+    """The checks that need no model; returns the size and sampling settings given (checked by
+    `PipelineDefaults.check`; the pipeline checks what only the model knows, e.g. the patch size)."""
+    settings = SETTINGS.read(args)
+    if args.num_videos_per_prompt < 1:
+        raise LumosError(f"--num-videos-per-prompt must be >= 1, got {args.num_videos_per_prompt}")
     if (args.prompt is None) == (args.prompts_file is None):
         raise LumosError("give exactly one of --prompt and --prompts-file")
     if args.prompt is not None and not args.prompt.strip():
         raise LumosError("--prompt is empty")
     if args.image and args.video:
         raise LumosError("give --image (image-to-video) or --video (continuation), not both")
+    return settings
 
 
 def _out_path(path: Path) -> Path:
@@ -183,9 +162,8 @@ def read_inputs(job: Job):
 
 def run(args) -> int:
     from lumos import media
-    from lumos.pipeline import LumosPipeline, resolve_model
 
-    check_flags(args)
+    kwargs = check_flags(args)
     jobs = read_jobs(args)
     # Decode every input before loading the model: a bad file fails in a second, not after minutes.
     inputs = [read_inputs(j) for j in jobs]
@@ -193,7 +171,6 @@ def run(args) -> int:
     pipe = LumosPipeline.from_pretrained(model_dir, text_tokenizer=args.text_tokenizer,
                                          video_tokenizer=args.video_tokenizer, device=args.device,
                                          dtype=DTYPES.get(args.dtype))
-    kwargs = {k: getattr(args, k) for k in SAMPLING_FLAGS}
     # Every job's settings are checked (e.g. a resolution that is not a multiple of the patch) before any work.
     settings = [pipe.settings(image=image, video=video, **kwargs) for image, video in inputs]
     for job, (image, video), s in zip(jobs, inputs, settings):

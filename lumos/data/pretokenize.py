@@ -39,7 +39,7 @@ import multiprocessing as mp
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +165,7 @@ def _whole(x) -> int:
     """"12", "12.0", 12 -> 12; fps and duration are size tokens, so they must be whole numbers."""
     f = float(x)
     if f != int(f) or f < 1:
-        raise ValueError(f"{x!r} is not a whole number >= 1")
+        raise LumosError(f"{x!r} is not a whole number >= 1")
     return int(f)
 
 
@@ -202,7 +202,7 @@ class _Context:
         try:
             fps, duration = _whole(row.get("fps", cfg.fps)), _whole(row.get("duration", cfg.duration))
             vocab.size_token(fps), vocab.size_token(duration)
-        except ValueError as e:
+        except LumosError as e:
             raise _Skip("invalid", f"bad fps/duration ({e})") from None
         # 1. frames: round(fps * duration) pictures at fps (a still image: one)
         try:
@@ -230,7 +230,7 @@ class _Context:
                 tokens = vocab.build_t2i(ids, codes[0])
             else:
                 tokens = vocab.build_t2v(ids, codes, duration=duration, fps=fps)
-        except ValueError as e:
+        except LumosError as e:
             raise _Skip("invalid", str(e)) from None
         meta = {"id": row.get("id", i), "row": i, "path": row["path"], "caption": row["caption"],
                 "frames": int(codes.shape[0]), "grid": [int(codes.shape[1]), int(codes.shape[2])],
@@ -291,7 +291,7 @@ def _plan(cfg: TokenizeConfig, rows: list[dict]) -> dict:
     for what in ("fps", "duration"):
         try:
             vocab.size_token(getattr(cfg, what))
-        except ValueError as e:
+        except LumosError as e:
             raise LumosError(f"--{what}: {e}") from None
     longest = max(w for w, _ in media.crop_size_list((cfg.size // patch) ** 2, patch, cfg.max_ratio))
     if longest // (vt["spatial_compression"] * vocab.grid_per_size) > vocab.max_size:
@@ -389,42 +389,3 @@ def pretokenize(cfg: TokenizeConfig | None = None, /, *, video_tokenizer=None, *
                 for res in pool.imap_unordered(_work, tasks):
                     bar.update(res["records"] + res["skipped"])
     return reindex(out)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def add_arguments(p) -> None:
-    p.add_argument("--input", help="CSV (path, caption|text[, fps, duration, id]) or JSONL")
-    p.add_argument("--out", required=True, help="records folder (a rerun resumes it)")
-    p.add_argument("--tokenizer", help="visual tokenizer folder (Cosmos *.jit or vq_config.json)")
-    p.add_argument("--text-tokenizer", help="tokenizers JSON file")
-    p.add_argument("--fps", type=int, default=12, help="target frames per second (default 12)")
-    p.add_argument("--duration", type=int, default=2, help="target seconds per clip (default 2)")
-    p.add_argument("--size", type=int, default=528, help="size class in px: 352 ~ 256p, 528 ~ 384p (default 528)")
-    p.add_argument("--patch", type=int, default=None, help="aspect-bucket step in px (default: one size token)")
-    p.add_argument("--max-ratio", type=float, default=4.0, help="most elongated bucket (default 4)")
-    p.add_argument("--vocab", choices=["chameleon", "compact"], default=None,
-                   help="token layout (default: chameleon for Cosmos, compact otherwise)")
-    p.add_argument("--window", choices=["center", "start"], default="center", help="where clips are cut")
-    p.add_argument("--folder-fps", type=float, default=None, help="fps of folder-of-frames inputs")
-    p.add_argument("--root", default=None, help="base folder of relative media paths (default: the input's folder)")
-    p.add_argument("--shard-size", type=int, default=1000, help="rows per shard (default 1000)")
-    p.add_argument("--workers", type=int, default=1, help="processes on this machine (default 1)")
-    p.add_argument("--rank", type=int, default=None, help="this machine's rank (default $RANK or 0)")
-    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default $WORLD_SIZE or 1)")
-    p.add_argument("--device", default=None, help="visual tokenizer device (default cuda:$LOCAL_RANK or cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--index-only", action="store_true", help="only rebuild index.json and report.json")
-
-
-def run(args) -> int:
-    if args.index_only:
-        reindex(args.out)
-        return 0
-    missing = [f"--{k.replace('_', '-')}" for k in ("input", "tokenizer", "text_tokenizer") if not getattr(args, k)]
-    if missing:
-        raise LumosError(f"{', '.join(missing)} required (only --index-only works without them)")
-    names = {f.name for f in fields(TokenizeConfig)}
-    kwargs = {k: v for k, v in vars(args).items() if k in names}
-    pretokenize(TokenizeConfig(**kwargs, progress=not args.no_progress))
-    return 0
-

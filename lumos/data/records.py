@@ -63,12 +63,12 @@ def write_shard(folder, tokens: list[np.ndarray], meta: dict) -> None:
     """Write one shard atomically. tokens: one int array per record; meta: the shard meta, whose
     "records" list must have one entry per record."""
     if len(meta.get("records", [])) != len(tokens):
-        raise ValueError(f"shard meta lists {len(meta.get('records', []))} records, got {len(tokens)} token arrays")
+        raise LumosError(f"shard meta lists {len(meta.get('records', []))} records, got {len(tokens)} token arrays")
     lengths = np.array([len(t) for t in tokens], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.concatenate([np.asarray(t).reshape(-1) for t in tokens]) if tokens else np.zeros(0, np.int64)
     if flat.size and (flat.min() < 0 or flat.max() > np.iinfo(np.uint32).max):
-        raise ValueError("token ids must fit in uint32")
+        raise LumosError("token ids must fit in uint32")
     with atomic_dir(folder) as tmp:
         np.save(tmp / "tokens.npy", flat.astype(np.uint32))
         np.save(tmp / "offsets.npy", offsets)
@@ -123,7 +123,7 @@ def _rewrite_number(tokens: np.ndarray, span, value: int, digit_ids) -> np.ndarr
     a, b = span
     old = tokens[a:b]
     if b <= a or not np.isin(old, digit_ids).all():
-        raise ValueError(f"tokens {old.tolist()} at the recorded frame-count span {span} are not digits")
+        raise LumosError(f"tokens {old.tolist()} at the recorded frame-count span {span} are not digits")
     new = np.array([digit_ids[int(c)] for c in str(int(value))], np.int64)
     return np.concatenate([tokens[:a], new, tokens[b:]])
 
@@ -136,27 +136,24 @@ def cap_frames(tokens, vocab: Vocab, max_frames: int | None, start: int = 0, *, 
     (`duration`, or the whole seconds the kept frames cover) and, if `num_frames_span` and
     `digit_ids` are given, the prompt's frame count (= fps * duration). See the module docstring."""
     toks = np.asarray(tokens, np.int64).reshape(-1)
-    starts = np.flatnonzero(toks == vocab.video_start)
-    vs = int(starts[0]) if starts.size else -1
-    if vs < 0 or vs + 5 >= toks.size or toks[vs + 3] != vocab.frame_start:
-        raise ValueError("not a video sequence with frames (VIDEO_START dur fps FRAME_START ...)")
-    fps = vocab.size_value(toks[vs + 2])
-    g = vocab.grid_per_size
-    h, w = vocab.size_value(toks[vs + 4]) * g, vocab.size_value(toks[vs + 5]) * g
-    flen = vocab.frame_length(h, w)
-    body = vs + 3
+    vs = vocab.find_video_start(toks)
+    first = vs + vocab.VIDEO_HEADER                                     # FRAME_START of frame 0
+    if vs < 0 or first + vocab.FRAME_HEADER > toks.size or toks[first] != vocab.frame_start:
+        raise LumosError("not a video sequence with frames (VIDEO_START dur fps FRAME_START ...)")
+    _, fps = vocab.video_header(toks, vs)
+    flen = vocab.frame_length(*vocab.frame_grid(toks, first))
     n = 0  # count frames by their FRAME_START markers at the fixed stride (all frames share one grid)
-    while body + n * flen < toks.size and toks[body + n * flen] == vocab.frame_start:
+    while first + n * flen < toks.size and toks[first + n * flen] == vocab.frame_start:
         n += 1
     keep = n if max_frames is None else min(max_frames, n)
     if keep < 1 or not 0 <= start <= n - keep:
-        raise ValueError(f"cannot keep {max_frames} frames from frame {start} of a {n}-frame video")
-    frames = toks[body + start * flen: body + (start + keep) * flen]
-    head = toks[:vs + 3].copy()
+        raise LumosError(f"cannot keep {max_frames} frames from frame {start} of a {n}-frame video")
+    frames = toks[first + start * flen: first + (start + keep) * flen]
+    head = toks[:first]
     if keep < n or duration is not None:
         pictures = 1 + temporal_compression * (keep - 1)
         d = duration if duration is not None else max(1, pictures // fps)
-        head[vs + 1] = vocab.size_token(d)
+        head = np.concatenate([toks[:vs], vocab.video_tokens(None, d, fps, complete=False)])
         if num_frames_span is not None and digit_ids is not None:
             head = _rewrite_number(head, num_frames_span, fps * d, digit_ids)
     return np.concatenate([head, frames, [vocab.video_end, vocab.sep]]).astype(np.int64)
@@ -169,7 +166,7 @@ class RecordReader:
         reader = RecordReader("data/tokens")
         len(reader); reader[i]              # int64 [L] tokens of record i
         reader.sample(i, max_frames=7)      # capped, re-closed, parseable by reader.vocab.parse_video
-        reader.meta(i); reader.lengths()
+        reader.meta(i)
 
     Token files are memory-mapped on first use; the reader pickles without them, so it can be
     handed to DataLoader workers."""
@@ -241,12 +238,6 @@ class RecordReader:
             self._meta[s] = read_shard_meta(self.root / self.shards[s])["records"]
         return self._meta[s][j]
 
-    def lengths(self) -> np.ndarray:
-        """int64 `[len(self)]` token counts (for length-bucketed batching), without touching the tokens."""
-        if not len(self):
-            return np.zeros(0, np.int64)
-        return np.concatenate([np.diff(self._shard(s)[1]) for s in range(len(self.shards))])
-
     def sample(self, i: int, max_frames: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
         """Record i with at most `max_frames` latent frames: the first ones, or (with `rng`) a random
         window; int64 `[L']`, re-closed with VIDEO_END SEP. See the module docstring."""
@@ -281,11 +272,13 @@ def load_official_record(path, duration: int | None = None) -> np.ndarray:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LumosError(f"{path}: not an official Lumos record ({type(e).__name__}: {e})") from None
     vocab = Vocab.chameleon()
-    starts = np.flatnonzero(toks == vocab.video_start)
-    if not starts.size:
+    vs = vocab.find_video_start(toks)
+    if vs < 0:
         raise LumosError(f"{path}: no VIDEO_START ({vocab.video_start}) token")
-    vs = int(starts[0])
-    file_duration, fps = vocab.size_value(toks[vs + 1]), vocab.size_value(toks[vs + 2])
+    try:
+        file_duration, fps = vocab.video_header(toks, vs)
+    except LumosError as e:
+        raise LumosError(f"{path}: not an official Lumos record ({e})") from None
     d = file_duration if duration is None else int(duration)
     text = toks[:vs]
     for placeholder, value in ((OFFICIAL_FRAMES_PLACEHOLDER, fps * d), (OFFICIAL_FPS_PLACEHOLDER, fps)):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lumos.utils import LumosError
+from lumos.utils import LumosError, first_line
 from lumos.tokenizers.base import VideoTokenizer
 
 ENCODER_FILE = "encoder.jit"
@@ -43,8 +43,7 @@ def _load_jit(path: Path, device: torch.device, dtype: torch.dtype):
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location=device)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LumosError(f"{path}: not a loadable TorchScript file ({first}); re-download it from "
+        raise LumosError(f"{path}: not a loadable TorchScript file ({first_line(e)}); re-download it from "
                          f"nvidia/Cosmos-Tokenizer-DV4x8x8") from None
     return module.to(dtype).eval()
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from lumos.utils import LumosError, atomic_write
+from lumos.utils import LumosError, atomic_write, first_line
 
 
 class TextTokenizer:
@@ -38,8 +38,7 @@ class TextTokenizer:
         try:
             self.tok = Tokenizer.from_file(str(self.path))
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LumosError(f"{self.path}: not a `tokenizers` JSON file ({first})") from None
+            raise LumosError(f"{self.path}: not a `tokenizers` JSON file ({first_line(e)})") from None
         self.bos_id = 0
         self.bos_token = self.tok.id_to_token(0)   # "<s>" (Chameleon) or "[BOS]" (ours)
         if self.bos_token is None:

@@ -70,18 +70,18 @@ class VQConfig:
         object.__setattr__(self, "levels", tuple(int(l) for l in self.levels))
         k_s, p = self.spatial_compression, self.patch_size
         if self.temporal_compression < 1:
-            raise ValueError(f"temporal_compression must be >= 1, got {self.temporal_compression}")
+            raise LumosError(f"temporal_compression must be >= 1, got {self.temporal_compression}")
         if p < 1 or k_s % p or (k_s // p) & (k_s // p - 1):
-            raise ValueError(f"spatial_compression / patch_size must be a power of two, got {k_s} / {p}")
+            raise LumosError(f"spatial_compression / patch_size must be a power of two, got {k_s} / {p}")
         if len(self.channels) != self.num_levels:
-            raise ValueError(f"channels needs one width per resolution level: {self.num_levels} for "
+            raise LumosError(f"channels needs one width per resolution level: {self.num_levels} for "
                              f"spatial_compression={k_s}, patch_size={p}; got {self.channels}")
         if any(c % self.groups for c in self.channels):
-            raise ValueError(f"every channel count must be a multiple of groups={self.groups}: {self.channels}")
+            raise LumosError(f"every channel count must be a multiple of groups={self.groups}: {self.channels}")
         if not self.levels or min(self.levels) < 2:
-            raise ValueError(f"FSQ levels must all be >= 2, got {self.levels}")
+            raise LumosError(f"FSQ levels must all be >= 2, got {self.levels}")
         if self.time_kernel < 1:
-            raise ValueError(f"time_kernel must be >= 1, got {self.time_kernel}")
+            raise LumosError(f"time_kernel must be >= 1, got {self.time_kernel}")
 
     @property
     def num_levels(self) -> int:
@@ -98,7 +98,7 @@ class VQConfig:
         check_keys(cls, d, "VQ config", where=where)
         try:
             return cls(**d)
-        except (TypeError, ValueError) as e:
+        except (TypeError, LumosError) as e:   # TypeError: a required key is missing
             raise LumosError(f"{where}: {e}") from None
 
 

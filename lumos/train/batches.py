@@ -1,15 +1,15 @@
 """Training batches: records -> capped, CFG-dropped, masked samples -> right-padded tensors.
 
-    batcher = Batcher(source, vocab, BatchOptions(max_frames=7), seed=0)
+    batcher = Batcher(source, vocab, BatchOptions(max_frames=7), seed=0, max_seq_len=2048)
     micro = batcher.step_batches(step, global_batch=8, micro_batch=2, rank=0, world=2)   # list of Batch
     # rank r's micro-batches of optimizer step `step`; len(micro) = accumulation steps
 
 A *source* is anything indexable that yields int token arrays of complete video sequences: a
-`lumos.records.RecordReader`, a list of arrays built with the `Vocab` builders, `SyntheticVideos`
+`lumos.data.records.RecordReader`, a list of arrays built with the `Vocab` builders, `SyntheticVideos`
 below, or a `ConcatSource` of several (joint image/video training: images are one-frame videos,
 so mixed batches need nothing special; different lengths are padded). A source with a
 `sample(i, max_frames, rng)` method (RecordReader) caps frames itself (and rewrites the prompt's
-frame count); for plain sources the cap is `lumos.records.cap_frames`.
+frame count); for plain sources the cap is `lumos.data.records.cap_frames`.
 
 Determinism (exact resume, and the same data for any number of ranks):
 - the global batch of optimizer step s is samples k = s G .. s G + G - 1 of an endless stream that
@@ -44,28 +44,24 @@ WINDOWS = ("first", "random")
 
 @dataclass(frozen=True)
 class BatchOptions:
+    """How records become training samples: the `[batch]` table of a training config."""
     max_frames: int = 7               # latent frames kept per video (reference: the first 7)
     frame_window: str = "first"       # first | random: which max_frames frames of a longer video
-    mask_mode: str = "tube"           # tube (AR-DF) | random | per_frame (lumos.masking)
+    mask_mode: str = "tube"           # tube (AR-DF) | random | per_frame (lumos.train.masking)
     mask_schedule: str = "cosine"     # cosine | linear
     min_mask_rate: float = 0.7        # floor of the mask ratio (released: 0.7)
-    cfg_drop_prob: float = 0.1        # P(drop the text before VIDEO_START) per sample
-    pad_multiple: int = 1             # round padded lengths up to a multiple of this
-    max_seq_len: int = 0              # error above this many tokens (0: no check)
+    cfg_drop_prob: float = 0.1        # P(drop the text before VIDEO_START) per sample (for CFG)
+    pad_multiple: int = 1             # round padded lengths up to a multiple (fewer shapes for compile/flex)
 
     def __post_init__(self):
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.frame_window not in WINDOWS:
-            raise ValueError(f"frame_window {self.frame_window!r} is not one of {WINDOWS}")
-        if self.mask_mode not in MODES:
-            raise ValueError(f"mask_mode {self.mask_mode!r} is not one of {MODES}")
-        if self.mask_schedule not in SCHEDULES:
-            raise ValueError(f"mask_schedule {self.mask_schedule!r} is not one of {SCHEDULES}")
+        for name, allowed in (("frame_window", WINDOWS), ("mask_mode", MODES), ("mask_schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise LumosError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
+        for name in ("max_frames", "pad_multiple"):
+            if getattr(self, name) < 1:
+                raise LumosError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_mask_rate <= 1.0 or not 0.0 <= self.cfg_drop_prob <= 1.0:
-            raise ValueError("min_mask_rate and cfg_drop_prob must be in [0, 1]")
-        if self.pad_multiple < 1:
-            raise ValueError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
+            raise LumosError("min_mask_rate and cfg_drop_prob must be in [0, 1]")
 
 
 @dataclass
@@ -131,9 +127,9 @@ class SyntheticVideos:
     def __init__(self, vocab: Vocab, num: int = 512, frames: int = 3, height: int = 4, width: int = 4,
                  classes: int = 8, noise: float = 0.1, image_fraction: float = 0.25, block: int = 1, seed: int = 0):
         if height % block or width % block:
-            raise ValueError(f"synthetic: the {height}x{width} grid is not a multiple of block {block}")
+            raise LumosError(f"synthetic: the {height}x{width} grid is not a multiple of block {block}")
         if classes + 2 >= vocab.text_vocab_size:
-            raise ValueError(f"synthetic: {classes} classes need {classes + 2} text ids, vocab has "
+            raise LumosError(f"synthetic: {classes} classes need {classes + 2} text ids, vocab has "
                              f"{vocab.text_vocab_size}")
         self.vocab, self.num, self.frames, self.noise, self.image_fraction = vocab, num, frames, noise, image_fraction
         self.seed, self.classes, self.block, self.grid = seed, classes, block, (height, width)
@@ -175,7 +171,7 @@ def open_source(paths: list[str]):
     readers = [RecordReader(p) for p in paths]
     for r in readers[1:]:
         if r.vocab != readers[0].vocab:
-            raise ValueError(f"{r.root} was tokenized with a different vocabulary than {readers[0].root}")
+            raise LumosError(f"{r.root} was tokenized with a different vocabulary than {readers[0].root}")
     return (readers[0] if len(readers) == 1 else ConcatSource(readers)), readers[0].vocab
 
 
@@ -216,12 +212,13 @@ def collate(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], records
 
 
 class Batcher:
-    """Deterministic micro-batches for (step, rank): see the module docstring."""
+    """Deterministic micro-batches for (step, rank): see the module docstring. A sample longer than
+    `max_seq_len` tokens (the model's limit; 0: no check) is an error."""
 
-    def __init__(self, source, vocab: Vocab, options: BatchOptions, seed: int = 0):
+    def __init__(self, source, vocab: Vocab, options: BatchOptions, seed: int = 0, max_seq_len: int = 0):
         if len(source) == 0:
-            raise ValueError("the training source has no records")
-        self.source, self.vocab, self.opt, self.seed = source, vocab, options, seed
+            raise LumosError("the training source has no records")
+        self.source, self.vocab, self.opt, self.seed, self.max_seq_len = source, vocab, options, seed, max_seq_len
         self._perm_epoch, self._perm = -1, None
 
     def record_index(self, k: int) -> int:
@@ -239,7 +236,7 @@ class Batcher:
         r micro_batch .. (r + 1) micro_batch - 1."""
         per_micro = micro_batch * world
         if global_batch % per_micro:
-            raise ValueError(f"global batch {global_batch} is not a multiple of micro_batch {micro_batch} x "
+            raise LumosError(f"global batch {global_batch} is not a multiple of micro_batch {micro_batch} x "
                              f"{world} ranks")
         out = []
         for a in range(global_batch // per_micro):
@@ -258,9 +255,9 @@ class Batcher:
             rng = np.random.default_rng(s) if o.frame_window == "random" else None
             tokens = fetch(self.source, rec, o.max_frames, rng, self.vocab)
             (tokens,), _ = cfg_dropout([tokens], self.vocab, o.cfg_drop_prob, gen)
-            if o.max_seq_len and len(tokens) > o.max_seq_len:
+            if self.max_seq_len and len(tokens) > self.max_seq_len:
                 raise LumosError(f"record {rec} has {len(tokens)} tokens after capping to {o.max_frames} frames, "
-                                 f"more than the model's max_seq_len {o.max_seq_len}; lower max_frames")
+                                 f"more than the model's max_seq_len {self.max_seq_len}; lower max_frames")
             x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))[None]
             inputs, targets, frame, _ = corrupt(x, self.vocab, gen, o.mask_mode, o.mask_schedule, o.min_mask_rate)
             rows.append((inputs[0], targets[0], frame[0]))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lumos.utils import LumosError
 from lumos.vocab import Vocab
 
 
@@ -90,7 +91,7 @@ class ChunkedVisualCE(torch.autograd.Function):
 def chunked_visual_ce(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int = 1024):
     """(nll, lse) `[N]` fp32 of logits h @ w.T without building more than `chunk` rows of logits."""
     if chunk < 1:
-        raise ValueError(f"loss chunk must be >= 1, got {chunk}")
+        raise LumosError(f"loss chunk must be >= 1, got {chunk}")
     return ChunkedVisualCE.apply(h, w, y, chunk)
 
 
@@ -135,15 +136,3 @@ def masked_visual_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targe
     return LossOutput(loss=total / denom, nll_sum=nll.detach().sum().float(), z_sum=z.detach().float(), count=n,
                       frame_nll=frame_nll, frame_count=frame_count)
 
-
-def full_vocab_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor,
-                    vocab: Vocab) -> torch.Tensor:
-    """The reference's way, for tests and benchmarks only: fp32 logits over the *full* vocabulary
-    for every position `[B L, V]`, then the visual columns of the target rows, then the mean
-    cross-entropy. Same value as `masked_visual_loss(...).loss` with z-loss 0."""
-    logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), lm_head_weight)
-    logits = logits.to(_acc_dtype(logits))                                               # (B L, V) fp32
-    flat_t = targets.reshape(-1)
-    keep = flat_t >= 0
-    vis = logits[keep][:, vocab.visual_offset: vocab.visual_offset + vocab.codebook_size]
-    return F.cross_entropy(vis, flat_t[keep])

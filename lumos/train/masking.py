@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from lumos.masks import frame_ids
+from lumos.utils import LumosError
 from lumos.vocab import Vocab
 
 SCHEDULES = ("cosine", "linear")
@@ -55,7 +55,7 @@ def mask_ratio(t: torch.Tensor, schedule: str = "cosine", min_rate: float = 0.7)
     elif schedule == "linear":
         r = 1.0 - t
     else:
-        raise ValueError(f"mask schedule {schedule!r} is not one of {SCHEDULES}")
+        raise LumosError(f"mask schedule {schedule!r} is not one of {SCHEDULES}")
     return r.clamp(min=min_rate, max=1.0)
 
 
@@ -70,21 +70,17 @@ class FrameLayout(NamedTuple):
 
 def frame_layout(tokens: torch.Tensor, vocab: Vocab) -> FrameLayout:
     """Locate frame bodies from the markers alone: a body token lies inside a FRAME_START..FRAME_END
-    segment, at least 3 tokens after FRAME_START (its two size tokens come first), and is not the
-    FRAME_END. tokens: [B, L] int64 (right padding with any non-marker id is fine)."""
-    B, L = tokens.shape
-    seg = frame_ids(tokens, vocab)                                                # (B, L) frame, -1 outside
-    idx = torch.arange(L, device=tokens.device).expand(B, L)
-    last_start = torch.where(tokens == vocab.frame_start, idx, torch.full_like(idx, -1)).cummax(dim=1).values
-    off = idx - last_start - 3
-    body = (seg >= 0) & (off >= 0) & (tokens != vocab.frame_end)
-    frame = torch.where(body, seg, torch.full_like(seg, -1))
-    offset = torch.where(body, off, torch.full_like(off, -1))
+    segment, past the frame header (`Vocab.FRAME_HEADER`: FRAME_START and the two size tokens), and
+    is not the FRAME_END. tokens: [B, L] int64 (right padding with any non-marker id is fine)."""
+    seg = vocab.frame_segments(tokens)                                            # (B, L) each
+    body = (seg.frame >= 0) & (seg.offset >= 0) & (tokens != vocab.frame_end)
+    frame = torch.where(body, seg.frame, torch.full_like(seg.frame, -1))
+    offset = torch.where(body, seg.offset, torch.full_like(seg.offset, -1))
     num_frames = (tokens == vocab.frame_start).sum(1)
     body_len = ((frame == 0).sum(1))                                              # (B,) length of frame 0
     if not torch.equal(body.sum(1), body_len * num_frames):
         bad = int(torch.nonzero(body.sum(1) != body_len * num_frames)[0])
-        raise ValueError(f"sample {bad}: its latent frames do not all have the same body length "
+        raise LumosError(f"sample {bad}: its latent frames do not all have the same body length "
                          f"(a cut-off frame, or frames of different grids in one video)")
     return FrameLayout(frame, offset, body_len, num_frames)
 
@@ -146,7 +142,7 @@ def draw_mask(layout: FrameLayout, generator: torch.Generator, mode: str = "tube
         scores = torch.where(body, scores, torch.full_like(scores, 2.0))
         masked = _choose(scores, _count(ratio, body.sum(1))) & body
     else:
-        raise ValueError(f"mask mode {mode!r} is not one of {MODES}")
+        raise LumosError(f"mask mode {mode!r} is not one of {MODES}")
     return Masking(masked, ratio)
 
 
@@ -173,10 +169,10 @@ def corrupt(tokens: torch.Tensor, vocab: Vocab, generator: torch.Generator, mode
 def drop_text(tokens: np.ndarray, vocab: Vocab) -> np.ndarray:
     """The unconditional sequence: everything from the first VIDEO_START on. tokens: int [L]."""
     tokens = np.asarray(tokens)
-    starts = np.flatnonzero(tokens == vocab.video_start)
-    if not starts.size:
-        raise ValueError("CFG dropout needs a VIDEO_START token in the sequence")
-    return tokens[int(starts[0]):]
+    vs = vocab.find_video_start(tokens)
+    if vs < 0:
+        raise LumosError("CFG dropout needs a VIDEO_START token in the sequence")
+    return tokens[vs:]
 
 
 def cfg_dropout(sequences: list[np.ndarray], vocab: Vocab, p: float,

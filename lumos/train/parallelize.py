@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from lumos.utils import LumosError
+
 PARALLEL = ("none", "ddp", "fsdp")
 
 
@@ -64,7 +66,7 @@ def parallelize(model: nn.Module, parallel: str, *, ac: bool = False, compile: b
     wrapper for `ddp`, the model itself otherwise). For `fsdp` the model may be on the meta device;
     for `ddp` it must already hold its weights (DDP broadcasts rank 0's at construction)."""
     if parallel not in PARALLEL:
-        raise ValueError(f"parallel {parallel!r} is not one of {PARALLEL}")
+        raise LumosError(f"parallel {parallel!r} is not one of {PARALLEL}")
     if ac:
         apply_ac(model)
     if compile:

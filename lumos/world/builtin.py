@@ -3,11 +3,11 @@
 The whole recipe, on 2 CPU cores (times in the README):
 
     lumos train-tokenizer configs/tokenizer-moving-digits.toml       # 1. the video tokenizer (4x8x8, FSQ)
-    python -m lumos.builtin prepare --out data/moving-digits         # 2. text tokenizer + token records
+    lumos builtin prepare --out data/moving-digits                   # 2. text tokenizer + token records
     lumos train configs/moving-digits.toml                           # 3. the transformer (AR-DF)
     lumos train configs/moving-digits-stage2.toml                    # 4. 1,200 more steps, lower LR
     lumos train configs/moving-digits-stage3.toml                    # 5. 3,600 more steps, LR 1e-3 again
-    python -m lumos.builtin export runs/moving-digits-stage3         # 6. into lumos/assets/moving-digits
+    lumos builtin export runs/moving-digits-stage3                   # 6. into lumos/assets/moving-digits
 
 Step 2 renders clips of the "train" split in memory (`lumos.digits`), encodes them with the built-in
 video tokenizer in batches, and writes records in the format of `lumos.records` (what `lumos tokenize`
@@ -27,16 +27,15 @@ are in the video header anyway.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from lumos.pipeline import PipelineDefaults
 from lumos.utils import LumosError, atomic_dir, atomic_write_json
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "moving-digits"
@@ -45,12 +44,13 @@ PREPARED_FILE = "prepared.json"  # in a `prepare` folder: the template, seed and
 SHARD = 1000            # records per shard
 IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I)
 
-# The generation defaults written into the exported pipeline.json. Guidance 2 and temperature 0.6
-# were picked on the validation captions only (`lumos eval --sets val`); the held-out combinations
-# were scored once, afterwards (docs/eval-moving-digits.md).
-SAMPLING = {"height": 64, "width": 64, "num_frames": 17, "fps": 8, "num_inference_steps": 16,
-            "guidance_scale": 2.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
-            "temperature": 0.6}
+# The generation defaults written into the exported pipeline.json, checked on import by the validator
+# that checks every pipeline.json (`PipelineDefaults.check`). Guidance 2 and temperature 0.6 were
+# picked on the validation captions only (`lumos eval --sets val`); the held-out combinations were
+# scored once, afterwards (docs/eval-moving-digits.md).
+SAMPLING = PipelineDefaults.check({"height": 64, "width": 64, "num_frames": 17, "fps": 8, "num_inference_steps": 16,
+                                   "guidance_scale": 2.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
+                                   "temperature": 0.6})
 
 
 def prepared_with(data: str | Path) -> dict | None:
@@ -160,14 +160,14 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
     """Copy a training run's newest checkpoint (bf16 weights), the text tokenizer, the video tokenizer
     and the generation defaults into a pipeline folder (`LumosPipeline.from_pretrained(out)`)."""
     from lumos.model import LumosModel
-    from lumos.train.loop import list_checkpoints
+    from lumos.train.checkpoints import list_checkpoints
 
     found = list_checkpoints(Path(run) / "checkpoints")
     if not found:
         raise LumosError(f"{run}: no finished checkpoint to export")
     stamp = prepared_with(data)
     if stamp is None:
-        raise LumosError(f"{data}: no {PREPARED_FILE}; was it written by `python -m lumos.builtin prepare`?")
+        raise LumosError(f"{data}: no {PREPARED_FILE}; was it written by `lumos builtin prepare`?")
     ckpt = found[-1][1]
     model = LumosModel.from_pretrained(ckpt / "model")
     out, tokenizer = Path(out), Path(tokenizer)
@@ -183,32 +183,3 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
         atomic_write_json(tmp / "provenance.json", {"checkpoint": str(ckpt), "step": state.get("step"),
                                                     "init_from": init_from or None, "kept_tokenizer": keep_tokenizer})
     return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lumos.builtin", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("prepare", help="text tokenizer + token records of the train split")
-    a.add_argument("--out", default="data/moving-digits")
-    a.add_argument("--num-records", type=int, default=20_000)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--tokenizer", default=str(ASSET / "tokenizer"), help="video tokenizer folder")
-    e = sub.add_parser("export", help="a training run -> lumos/assets/moving-digits")
-    e.add_argument("run")
-    e.add_argument("--data", default="data/moving-digits")
-    e.add_argument("--out", default=str(ASSET))
-    e.add_argument("--tokenizer", default=str(ASSET / "tokenizer"))
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "prepare":
-            print(prepare(args.out, args.num_records, args.seed, args.tokenizer))
-        else:
-            print(export(args.run, args.data, args.out, args.tokenizer))
-    except LumosError as err:
-        print(f"lumos: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,16 +1,14 @@
-"""`lumos demo` (what `make demo` runs): a few videos from the built-in Moving Digits model.
+"""A few videos from the built-in Moving Digits model: what `lumos demo` (`lumos.cli.demo`) and `make demo` run.
 
-Writes, into `--out` (default `demo/`), a GIF and an MP4 for each of:
+Writes, into `out` (default `demo/`), a GIF and an MP4 for each of:
 - text-to-video of a combination seen in training ("a red 3 moving down"),
 - text-to-video of a HELD-OUT combination, never seen in training ("a cyan 4 moving left"),
 - image-to-video from the first frame of a VALIDATION clip (handwriting never seen in training),
-plus a text-to-image PNG ("a yellow 7"), and a JSON manifest per output (prompt, seed, settings, time).
+plus a text-to-image PNG ("a yellow 7"), and a JSON manifest per video (task, prompt, seed, model, frames, time).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -55,18 +53,3 @@ def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True
     print(f"t2i      'a yellow 7': 1 image in {time.perf_counter() - t:.2f} s -> {out / 't2i.png'}")
     written.append(out / "t2i.png")
     return written
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo", help="output folder (default demo/)")
-    p.add_argument("--model", default="moving-digits", help="built-in model name or pipeline folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def run(args) -> int:
-    if args.seed < 0:
-        raise LumosError(f"--seed must be >= 0, got {args.seed}")
-    files = demo(args.out, args.model, args.seed, progress=not args.no_progress)
-    print(json.dumps([str(f) for f in files]))
-    return 0

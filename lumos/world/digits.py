@@ -121,15 +121,15 @@ class DigitsConfig:
 
     def __post_init__(self):
         if self.num_digits not in (1, 2):
-            raise ValueError(f"num_digits must be 1 or 2, got {self.num_digits}")
+            raise LumosError(f"num_digits must be 1 or 2, got {self.num_digits}")
         if self.num_frames < 1 or self.fps < 1:
-            raise ValueError("num_frames and fps must be >= 1")
+            raise LumosError("num_frames and fps must be >= 1")
         if not 8 <= self.digit_size <= min(self.height, self.width):
-            raise ValueError(f"digit_size {self.digit_size} must be in [8, min(height, width)]")
+            raise LumosError(f"digit_size {self.digit_size} must be in [8, min(height, width)]")
         if not 0 < self.speed_min <= self.speed_max:
-            raise ValueError(f"need 0 < speed_min <= speed_max, got {self.speed_min}, {self.speed_max}")
+            raise LumosError(f"need 0 < speed_min <= speed_max, got {self.speed_min}, {self.speed_max}")
         if self.speed_min > self.max_speed + 1e-9:
-            raise ValueError(f"a digit of {self.digit_size} px moving at speed_min={self.speed_min} px/frame "
+            raise LumosError(f"a digit of {self.digit_size} px moving at speed_min={self.speed_min} px/frame "
                              f"leaves a {self.width}x{self.height} canvas within {self.num_frames} frames "
                              f"(at most {self.max_speed:.3f} px/frame fits)")
 

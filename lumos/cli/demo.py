@@ -1,0 +1,24 @@
+"""`lumos demo` (what `make demo` runs): a thin command line over `lumos.world.demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lumos.utils import LumosError
+from lumos.world.demo import demo
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo", help="output folder (default demo/)")
+    p.add_argument("--model", default="moving-digits", help="built-in model name or pipeline folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    if args.seed < 0:
+        raise LumosError(f"--seed must be >= 0, got {args.seed}")
+    files = demo(args.out, args.model, args.seed, progress=not args.no_progress)
+    print(json.dumps([str(f) for f in files]))
+    return 0
