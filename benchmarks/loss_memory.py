@@ -1,4 +1,4 @@
-"""Peak memory of the loss: chunked visual-vocabulary CE (`lumos.loss.masked_visual_loss`) against the
+"""Peak memory of the loss: chunked visual-vocabulary CE (`lumos.train.loss.masked_visual_loss`) against the
 reference's full-vocabulary CE (`full_vocab_loss`: fp32 logits for every position over the whole
 vocabulary, then the visual columns of the masked rows), for growing full vocabulary sizes at a
 fixed codebook.

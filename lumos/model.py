@@ -16,7 +16,7 @@ One forward serves training and cached inference:
     logits = model(tokens)                                  # whole sequence, mask built from the tokens
     model.setup_cache(batch, max_len)                       # preallocated static KV cache
     logits = model(tokens_chunk, pos=pos_chunk, cache_pos=idx, mask=rows)  # chunk against the cache
-The model knows nothing of sampling, the tokenizers or distributed training (`lumos.parallelize`).
+The model knows nothing of sampling, the tokenizers or distributed training (`lumos.train.parallelize`).
 """
 
 from __future__ import annotations

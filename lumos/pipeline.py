@@ -8,7 +8,7 @@
         ...                                                   # the pixel frames of each latent frame, when done
 
 A pipeline folder holds the model checkpoint (`config.json` + safetensors, `lumos.checkpoint`),
-`text_tokenizer.json` (`lumos.text_tokenizer`), the video tokenizer in `tokenizer/`
+`text_tokenizer.json` (`lumos.tokenizers.text`), the video tokenizer in `tokenizer/`
 (`lumos.tokenizers.load_video_tokenizer`: Cosmos TorchScript files or the built-in VQ tokenizer) and
 optionally `pipeline.json` with defaults (`PipelineDefaults`). The released checkpoints keep the
 tokenizers elsewhere: pass `text_tokenizer=` / `video_tokenizer=` (paths or objects).
@@ -156,7 +156,7 @@ def _load_video_tokenizer(path: Path, device):
 class LumosPipeline:
     def __init__(self, model, text_tokenizer, video_tokenizer, defaults: PipelineDefaults | None = None):
         """model: a `LumosModel` (eval mode); text_tokenizer: `encode(str) -> ids` without BOS;
-        video_tokenizer: a `lumos.video_tokenizer.VideoTokenizer`."""
+        video_tokenizer: a `lumos.tokenizers.base.VideoTokenizer`."""
         vocab = model.config.vocab
         if video_tokenizer.codebook_size != vocab.codebook_size:
             raise LumosError(f"the video tokenizer has {video_tokenizer.codebook_size} codes, the model's vocabulary "

@@ -59,7 +59,7 @@ def check_prompt_template(template: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _check_template(template: str) -> str:
-    # Cached: `video_prompt` checks its template on every call (20k calls per `lumos.builtin prepare`).
+    # Cached: `video_prompt` checks its template on every call (20k calls per `lumos builtin prepare`).
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
         ok = "caption" in names and names <= set(PROMPT_FIELDS)
@@ -76,7 +76,7 @@ def video_prompt(caption: str, width: int, height: int, num_frames: int, fps: in
                  template: str = VIDEO_PROMPT) -> str:
     """The text of a generation prompt. Default: the released models' template (numbers written as
     text; spec §1). A model trained with another template (the built-in one reads the bare caption:
-    `lumos.builtin`) names it in its pipeline.json (`prompt_template`)."""
+    `lumos.world.builtin`) names it in its pipeline.json (`prompt_template`)."""
     return check_prompt_template(template).format(width=width, height=height, num_frames=num_frames, fps=fps,
                                                   caption=caption)
 

@@ -1,6 +1,6 @@
 """AR-DF masking and CFG dropout against brute-force references: Python loops that walk the tokens,
 consume the generator in the documented order (ratios, then pattern scores) and pick the k smallest
-scores by sorting. They share no code with lumos.masking beyond reading the same random numbers."""
+scores by sorting. They share no code with lumos.train.masking beyond reading the same random numbers."""
 
 import math
 
@@ -57,7 +57,7 @@ def smallest(scores, k):
 
 
 def ref_mask(tokens, vocab, seed, mode, schedule="cosine", min_rate=0.7):
-    """The masking rule written out with loops (same generator draw order as lumos.masking)."""
+    """The masking rule written out with loops (same generator draw order as lumos.train.masking)."""
     B, L = tokens.shape
     lay = [ref_layout(tokens[b].tolist(), vocab) for b in range(B)]
     n = [sum(1 for f in fr if f == 0) for fr, _ in lay]

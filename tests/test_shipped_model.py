@@ -41,8 +41,8 @@ def test_shipped_model_loads_by_name():
     assert pipe.model.config.vocab.name == "compact" and pipe.model.config.rope_type == "mmrope"
     assert 2e6 < pipe.model.num_params() < 10e6
     assert pipe.defaults.num_frames == 17 and (pipe.defaults.height, pipe.defaults.width) == (64, 64)
-    assert pipe.defaults.prompt_template == "{caption}"            # trained on the bare caption (lumos.builtin)
-    # the shipped generation defaults are exactly what `python -m lumos.builtin export` writes
+    assert pipe.defaults.prompt_template == "{caption}"            # trained on the bare caption (lumos.world.builtin)
+    # the shipped generation defaults are exactly what `lumos builtin export` writes
     assert json.loads((folder / "pipeline.json").read_text()) == {**SAMPLING, "prompt_template": PROMPT_TEMPLATE}
 
 

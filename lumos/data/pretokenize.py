@@ -1,4 +1,4 @@
-"""`lumos tokenize`: media files + captions -> sharded token records (format: `lumos.records`).
+"""`lumos tokenize`: media files + captions -> sharded token records (format: `lumos.data.records`).
 
 Runbook:
 

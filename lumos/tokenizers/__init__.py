@@ -1,7 +1,7 @@
 """Pick the visual tokenizer from what a folder holds.
 
     load_video_tokenizer("ckpts/Cosmos-Tokenizer-DV4x8x8")   # encoder.jit + decoder.jit -> CosmosTokenizer
-    load_video_tokenizer("runs/vq-tiny")                     # vq_config.json -> lumos.vq.VQTokenizer
+    load_video_tokenizer("runs/vq-tiny")                     # vq_config.json -> lumos.tokenizers.vq.VQTokenizer
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A causal video tokenizer encodes the first frame alone and then `temporal_compression` frames per
 latent frame: t = 1 + ceil((T - 1) / k_t), h = H / k_s, w = W / k_s. Decoding gives back
-T' = 1 + k_t (t - 1) frames. Implementations: `lumos.cosmos.CosmosTokenizer` (the released models'
-Cosmos-Tokenizer-DV4x8x8, TorchScript files) and the built-in `lumos.vq` tokenizer.
+T' = 1 + k_t (t - 1) frames. Implementations: `lumos.tokenizers.cosmos.CosmosTokenizer` (the released models'
+Cosmos-Tokenizer-DV4x8x8, TorchScript files) and the built-in `lumos.tokenizers.vq` tokenizer.
 """
 
 from __future__ import annotations

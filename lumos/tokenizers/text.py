@@ -3,7 +3,7 @@
 Conventions of the released models (notes §4): encode without special tokens, the sequence builder
 (`Vocab.text_turn`) prepends BOS = id 0, no EOS. Numbers are spelled one digit per token (Chameleon's
 digits "0".."9" are ids 16399..16408), which is what lets a record's frame count be rewritten
-in place (`lumos.records`).
+in place (`lumos.data.records`).
 
     tok = TextTokenizer("ckpts/tokenizer/text_tokenizer.json")
     ids = tok.encode("a cat")           # list[int], no BOS

@@ -4,7 +4,7 @@
     out.loss.backward()
 
 Why this shape (spec `lumos1.md` §5, notes §2.5):
-- Only masked visual tokens are targets (`lumos.masking`), and they can only be visual codes, so the
+- Only masked visual tokens are targets (`lumos.train.masking`), and they can only be visual codes, so the
   logits are computed against the `codebook_size` visual rows of `lm_head` (64,000 of the released
   129,536), never the full vocabulary. Like the reference (`train_with_vis_tok`), the softmax is over
   the visual codes alone. No shift: the hidden state at position i predicts the token at i.
@@ -110,7 +110,7 @@ def masked_visual_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targe
                        normaliser: float | None = None, num_frames: int | None = None) -> LossOutput:
     """hidden: [B, L, D] final hidden states (after the final norm).
     lm_head_weight: [V, D] the full head; only rows visual_offset .. + codebook_size are used.
-    targets: [B, L] int64 visual code at target positions, -100 elsewhere (`lumos.masking`).
+    targets: [B, L] int64 visual code at target positions, -100 elsewhere (`lumos.train.masking`).
     frame: [B, L] int64 latent frame index (used at target positions only).
     normaliser: divide the summed loss by this (default: this batch's target count).
     num_frames: length of the per-frame vectors (default: 1 + the largest frame index seen)."""

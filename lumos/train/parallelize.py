@@ -9,7 +9,7 @@ The model (`lumos.model`) never imports torch.distributed. This module changes i
 3. data parallelism, one of
    - `fsdp`: FSDP2 `fully_shard` on every Block, then on [final norm, lm_head] together, then the
      root (embeddings). The [norm, lm_head] group is not resharded after the forward: the loss
-     (`lumos.loss`) reads `lm_head.weight` right after the forward, outside any module's forward, and
+     (`lumos.train.loss`) reads `lm_head.weight` right after the forward, outside any module's forward, and
      needs it unsharded (gathered when the final norm runs); its backward comes first anyway.
      Mixed precision on GPU: bf16 parameters for compute, fp32 gradient reduction, fp32 master weights.
    - `ddp`: plain DistributedDataParallel (replicated weights; fine for the small models).

@@ -9,8 +9,8 @@ The whole recipe, on 2 CPU cores (times in the README):
     lumos train configs/moving-digits-stage3.toml                    # 5. 3,600 more steps, LR 1e-3 again
     lumos builtin export runs/moving-digits-stage3                   # 6. into lumos/assets/moving-digits
 
-Step 2 renders clips of the "train" split in memory (`lumos.digits`), encodes them with the built-in
-video tokenizer in batches, and writes records in the format of `lumos.records` (what `lumos tokenize`
+Step 2 renders clips of the "train" split in memory (`lumos.world.digits`), encodes them with the built-in
+video tokenizer in batches, and writes records in the format of `lumos.data.records` (what `lumos tokenize`
 writes for media files), with the exact prompt text the pipeline uses at generation time. Videos and
 still images are mixed (joint text-to-video / text-to-image training). Shards are written atomically
 and a rerun skips finished ones, so a killed run resumes; `prepared.json` records the template, seed

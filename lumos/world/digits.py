@@ -389,7 +389,7 @@ def write_dataset(out_dir: str | Path, n: int, split: str, seed: int, cfg: Digit
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB between two uint8 videos (or images) over all their values (peak 255): the scalar
-    form of `lumos.vq.video_psnr`, the one definition the tokenizer metrics use too."""
+    form of `lumos.tokenizers.vq.video_psnr`, the one definition the tokenizer metrics use too."""
     import torch
 
     from lumos.tokenizers.vq import video_psnr

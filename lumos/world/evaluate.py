@@ -44,7 +44,7 @@ class Item:
 def build_items(num_prompts: int = 60, num_i2v: int = 8, sets=SETS) -> list[Item]:
     """The default prompt sets, fixed by PROMPT_SEED (not by the generation seed):
     - "val": the captions of `num_prompts` validation clips (seen combinations);
-    - "heldout": every combination of `lumos.digits.HELD_OUT` once (never in training);
+    - "heldout": every combination of `lumos.world.digits.HELD_OUT` once (never in training);
     - "i2v": `num_i2v` validation clips, their first frame as the image and their caption as the prompt."""
     unknown = set(sets) - set(SETS)
     if unknown:

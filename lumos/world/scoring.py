@@ -4,7 +4,7 @@ Every caption of the world says three checkable things ("a red 3 moving left"), 
 can be graded without a person: the scorers here read the digit, its colour and its direction off
 the pixels, check that the digit keeps its identity over the clip and, for image-to-video, that it is
 the digit of the given image. They are pure functions of a uint8 video `[T, H, W, 3]` and were
-checked on ground-truth clips of `lumos.digits` (and on corrupted ones, which must fail) in
+checked on ground-truth clips of `lumos.world.digits` (and on corrupted ones, which must fail) in
 `tests/test_evaluate.py`.
 
 How a frame is read (`analyse_video`):
@@ -15,7 +15,7 @@ How a frame is read (`analyse_video`):
 - the digit's crop (bounding box, padded to a square so a "1" stays thin) is area-averaged to 8x8
   and scaled to 0..16, like scikit-learn's digits; the classifier (an RBF SVM fitted at start-up in
   1-2 s, never saved) is trained on the *same* canonical crops of the scikit-learn scans rendered the
-  way `lumos.digits` renders them (sharp and blurred), so training and test features match. It is fitted on the
+  way `lumos.world.digits` renders them (sharp and blurred), so training and test features match. It is fitted on the
   "train" handwriting only: on the val / heldout clips (validation handwriting) its accuracy is an
   honest estimate for handwriting it has never seen, which is what a generated digit is;
 - colour = the palette colour nearest to the median chromaticity (RGB / max channel) of the bright
@@ -189,7 +189,7 @@ _TRAIN_BLUR = (0.0, 1.0, 1.5)
 @functools.lru_cache(maxsize=1)
 def digit_classifier():
     """An RBF SVM on canonical 8x8 crops (`canonical_crop` / 16) of the scikit-learn scans of the
-    "train" handwriting, each rendered as `lumos.digits` renders it (24 px box, bicubic) at a few
+    "train" handwriting, each rendered as `lumos.world.digits` renders it (24 px box, bicubic) at a few
     sub-pixel offsets, sharp and blurred. Fitted once per process (~1-2 s with the data loading);
     never persisted."""
     from scipy import ndimage
