@@ -88,6 +88,31 @@ def check_weights(expected: dict, sd: dict, where, *,
     return sd
 
 
+def check_output(path: str | os.PathLike, what: str = "output", folder: bool = False) -> Path:
+    """Check, before any work, that `path` can be written: a file (folder=False) must not be an
+    existing folder, a folder must not be an existing file, and the nearest existing parent must be a
+    folder we can create files in (tried with a temporary file, removed at once: permission bits say
+    nothing when running as root, and nothing about read-only mounts). Folders on the way that do not
+    exist yet are not created here. LumosError names the path and what to do. Returns the path."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        want = "a folder" if folder else "a file name"
+        raise LumosError(f"{what} {path}: is {'a file' if folder else 'a folder'}; give {want}")
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LumosError(f"{what} {path}: {parent} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lumos-write-test-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise LumosError(f"{what} {path}: cannot write in {parent} ({e.strerror or first_line(e)}); "
+                         f"choose another location") from None
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

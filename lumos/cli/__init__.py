@@ -1,8 +1,9 @@
 """`lumos` command line: a thin layer over the Python API.
 
 Each subcommand lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int`;
-this file only maps names to modules (imported lazily, so `lumos --help` is fast). A `LumosError`
-(bad input) is printed as one line `lumos: error: ...` with exit code 2.
+this file only maps names to modules (imported lazily, so `lumos --help` is fast). It is also the one
+place where bad input becomes what the user sees: a `LumosError` from the library, or a flag argparse
+refuses, is printed as one line `lumos: error: ...` with exit code 2.
 """
 
 from __future__ import annotations
@@ -26,8 +27,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a refused flag reported like every other bad input: one line, exit code 2 (not
+    the whole usage text, which runs to a dozen lines for `lumos generate`)."""
+
+    def error(self, message):
+        self.exit(2, f"lumos: error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lumos", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="lumos", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else list(argv)
     # Only import the module of the command being run (or all of them for --help).
