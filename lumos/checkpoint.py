@@ -6,16 +6,18 @@ weights as `model.safetensors`, or as shards `model-0000k-of-0000n.safetensors` 
 HF names (`model.layers.3.self_attn.q_proj.weight`, `lm_head.weight`, ...). `model.vqmodel.*` (the
 unused Chameleon VQ-GAN) is ignored. bf16 and fp32 files both load.
 
-File I/O only: `read_config`, `read_weights`, `check_state_dict`, `save_state_dict`. The model builds
+File I/O only: `read_config`, `read_weights`, `check_state_dict`, `check_finite`, `save_state_dict`. The model builds
 itself from them (`LumosModel.from_pretrained`: meta device, then the file's tensors assigned, so a 3B
 model is never initialised twice). Any missing key, unexpected key, or shape mismatch is one
-`LumosError` naming the key. Pickle files (`pytorch_model.bin`) are only read with `torch.load(weights_only=True)`, which
-refuses anything but tensors.
+`LumosError` naming the key, and so is a weight holding a NaN or inf (`check_finite`). Pickle files
+(`pytorch_model.bin`) are only read with `torch.load(weights_only=True)`, which refuses anything but
+tensors.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,19 +39,23 @@ def read_config(path: Path) -> ModelConfig:
     if not f.is_file():
         raise LumosError(f"{path}: no {CONFIG}; a Lumos checkpoint folder has config.json and *.safetensors")
     try:
-        hf = json.loads(f.read_text())
+        hf = json.loads(f.read_text(encoding="utf-8"))
         return ModelConfig.from_hf_config(hf)
-    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
-        msg = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+    except OSError as e:
+        raise LumosError(f"{f}: cannot read ({e.strerror or first_line(e)})") from None
+    except (KeyError, ValueError, TypeError) as e:     # ValueError: not JSON, not UTF-8, a LumosError
+        msg = f"missing key {e}" if isinstance(e, KeyError) else first_line(e)
         raise LumosError(f"{f}: not a usable Lumos-1 config ({msg})") from None
 
 
 def _load_pickle(f: Path) -> dict:
     try:
-        sd = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for anything that is not plain tensors
-        raise LumosError(f"{f}: refused: pickle files are only read with weights_only=True and this one holds "
-                         f"more than tensors ({first_line(e)}); convert it to safetensors with a trusted tool") from None
+        with warnings.catch_warnings():         # torch's warnings on odd pickles: the error below says it
+            warnings.simplefilter("ignore")
+            sd = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception:  # UnpicklingError for anything that is not plain tensors; its text is not for users
+        raise LumosError(f"{f}: refused: this pickle file holds more than tensors, and lumos runs no code "
+                         f"from a checkpoint; convert it to safetensors with a tool you trust") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LumosError(f"{f}: not a state dict of tensors")
     return sd
@@ -84,6 +90,19 @@ def check_state_dict(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tens
     against `expected` (a model's state_dict, possibly of meta tensors)."""
     sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
     return check_weights(expected, sd, where)
+
+
+def check_finite(sd: dict[str, torch.Tensor], where) -> dict[str, torch.Tensor]:
+    """LumosError naming the first floating-point weight holding a NaN or inf (such a model generates
+    noise, or NaN logits). Min and max of each tensor: no copy the size of the weight. Returns sd."""
+    for k, v in sd.items():
+        if v.is_floating_point() and v.numel():
+            lo, hi = torch.aminmax(v)
+            if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+                raise LumosError(f"{where}: weight {k!r} holds non-finite values (NaN or inf) in "
+                                 f"{str(v.dtype).replace('torch.', '')}; the checkpoint is broken: "
+                                 f"re-download it or save it again from a healthy run")
+    return sd
 
 
 def save_state_dict(state_dict: dict, config: ModelConfig, path, dtype=torch.bfloat16,

@@ -9,10 +9,12 @@ here guesses them.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 import warnings
 from dataclasses import dataclass, field
 
-from lumos.utils import LumosError, check_keys
+from lumos.utils import LumosError, check_keys, fits
 from lumos.vocab import Vocab
 
 ROPE_TYPES = ("mmrope", "mrope", "3d", "1d")
@@ -41,7 +43,19 @@ class ModelConfig:
     def __post_init__(self):
         if isinstance(self.vocab, dict):
             self.vocab = Vocab.from_dict(self.vocab)
+        hints = typing.get_type_hints(ModelConfig)
+        check_types(vars(self), {f.name: hints[f.name] for f in dataclasses.fields(self) if f.name != "rope_scale"},
+                    "model config: ")
+        check_types(vars(self), {"rope_scale": tuple[int, ...]}, "model config: ")
         self.rope_scale = tuple(int(s) for s in self.rope_scale)
+        for name in ("dim", "n_layers", "n_heads", "intermediate_size", "max_seq_len", "qk_norm_groups"):
+            if getattr(self, name) < 1:
+                raise LumosError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_kv_heads < 0:
+            raise LumosError(f"n_kv_heads must be >= 0 (0: n_heads), got {self.n_kv_heads}")
+        for name in ("norm_eps", "rope_theta"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise LumosError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.dim % self.n_heads:
@@ -131,7 +145,11 @@ class ModelConfig:
     def from_hf_config(cls, hf: dict, **overrides) -> "ModelConfig":
         """Read a released (or lumos-written) HF `config.json`. Keys that change the network and that
         lumos does not implement are an error; known HF bookkeeping keys are ignored; other keys
-        give one warning (the released configs may carry fields we have not seen)."""
+        give one warning (the released configs may carry fields we have not seen). A value of the wrong
+        type is a LumosError naming its key."""
+        if not isinstance(hf, dict):
+            raise LumosError(f"config.json must be a JSON object of keys, got a {type(hf).__name__}")
+        check_types(hf, _HF_TYPES)
         if hf.get("model_type") != "chameleon":
             raise LumosError(f"config.json has model_type {hf.get('model_type')!r}; a Lumos-1 checkpoint has "
                              f"'chameleon'")
@@ -142,6 +160,10 @@ class ModelConfig:
         if hf.get("tie_word_embeddings", False):
             raise LumosError("tie_word_embeddings=true is not supported: Lumos-1 has an untied lm_head")
         extra = dict(hf.get("lumos") or {})
+        check_types(extra, {"vocab": dict, "rope_type": str, "rope_scale": tuple[int, ...]}, "lumos.")
+        if "vocab" in extra:
+            hints = typing.get_type_hints(Vocab)
+            check_types(extra["vocab"], {f.name: hints[f.name] for f in dataclasses.fields(Vocab)}, "lumos.vocab.")
         vocab = Vocab.from_dict(extra["vocab"]) if "vocab" in extra else Vocab.chameleon()
         if hf["vocab_size"] != vocab.vocab_size:
             raise LumosError(f"config.json vocab_size {hf['vocab_size']} does not match the {vocab.name} layout "
@@ -163,6 +185,23 @@ class ModelConfig:
         return cls.from_dict(kw)
 
 
+def check_types(d: dict, types: dict, where: str = "") -> None:
+    """LumosError naming the first key of `d` whose value (when given and not null) does not have its
+    type in `types` (`lumos.utils.fits`: a bool is not an int, an int is a float)."""
+    for key, want in types.items():
+        v = d.get(key)
+        ok, kind = fits(want, v)
+        if v is not None and not (ok and (kind != "float" or math.isfinite(v))):
+            raise LumosError(f"{where}{key} must be {'a finite float' if kind == 'float' else kind}, got {v!r}")
+
+
+# The types of the HF keys lumos reads (a wrong one is named, not a TypeError deep inside).
+_HF_TYPES = {
+    "model_type": str, "hidden_act": str, "mm_rope": bool, "vocab_size": int, "hidden_size": int,
+    "intermediate_size": int, "num_hidden_layers": int, "num_attention_heads": int, "num_key_value_heads": int,
+    "max_position_embeddings": int, "rms_norm_eps": float, "rope_theta": float, "attention_bias": bool,
+    "mlp_bias": bool, "model_parallel_size": int, "swin_norm": bool, "tie_word_embeddings": bool, "lumos": dict,
+}
 _HF_USED = {
     "model_type", "mm_rope", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps",

@@ -1,6 +1,9 @@
 """Media I/O: video / image files <-> uint8 frames `[T, H, W, 3]`, fps resampling, aspect-ratio buckets.
 
-Reading (every failure is a one-line `LumosError` naming the file, never a raw traceback):
+Reading (every failure is a one-line `LumosError` naming the file, never a raw traceback). The size
+is checked from the file's header before anything is decoded: an image or video frame may have at
+most `MAX_PIXELS` pixels, and a whole video read at once (`read_media`) at most `MAX_VIDEO_BYTES`
+of decoded frames:
 - videos (mp4, webm, gif, mov, mkv, avi, ...) through PyAV; frames come back in presentation order
   with their timestamps, so variable-frame-rate files (GIFs, phone videos) are handled correctly;
 - a folder of image frames (png/jpg, natural sort order: 2.png before 10.png) at a given fps;
@@ -39,6 +42,8 @@ import torch.nn.functional as F
 from lumos.utils import LumosError, atomic_write, first_line
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+MAX_PIXELS = 8192 * 8192          # per image / video frame (67 MP; Pillow's own bomb warning starts at 89 MP)
+MAX_VIDEO_BYTES = 4 * 2**30       # decoded uint8 RGB frames of one `read_media` call
 VIDEO_EXTS = {".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", ".ts"}
 
 
@@ -62,21 +67,42 @@ def _decode_error(path: Path, e: BaseException) -> LumosError:
     return LumosError(f"cannot decode {path}: {type(e).__name__}: {first_line(e)}")
 
 
+def _check_pixels(path: Path, width: int | None, height: int | None) -> None:
+    """LumosError for a frame of more than MAX_PIXELS (None, None: one known to be larger)."""
+    if width is None or width * height > MAX_PIXELS:
+        size = "" if width is None else f"{width}x{height} pixels: "
+        raise LumosError(f"{path}: {size}too large to read (at most {MAX_PIXELS / 1e6:.0f} megapixels, "
+                         f"e.g. 8192x8192); scale it down first")
+
+
 def read_image(path) -> np.ndarray:
     """A still image -> uint8 `[1, H, W, 3]` (RGB; alpha composited over white; EXIF rotation applied)."""
+    import warnings
+
     from PIL import Image, ImageOps  # lazy: only image reads/writes need Pillow
 
     path = Path(path)
     _check_exists(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():        # the size is checked here, not by Pillow's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)             # reads the header only
+    except Image.DecompressionBombError:       # beyond twice Pillow's own limit, refused while opening
+        _check_pixels(path, None, None)
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
+        raise _decode_error(path, e) from None
+    try:
+        with img:
+            _check_pixels(path, *img.size)
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(white, rgba)
             arr = np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
+    except LumosError:
+        raise
+    except Exception as e:
         raise _decode_error(path, e) from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise LumosError(f"cannot decode {path}: empty image of shape {arr.shape}")
@@ -102,15 +128,18 @@ def _read_frame_files(files: list[Path]) -> np.ndarray:
     return np.stack(frames)
 
 
-def _probe_video(path: Path) -> tuple[np.ndarray, float, float]:
+def _probe_video(path: Path, max_bytes: int | None = None) -> tuple[np.ndarray, float, float]:
     """Demux (no decoding) the first video stream: sorted frame times in seconds, the clip end time,
-    and the nominal fps. Packets carry the presentation timestamps, so this is cheap."""
+    and the nominal fps. Packets carry the presentation timestamps, so this is cheap. The frame size
+    is checked first (`MAX_PIXELS`); with `max_bytes`, so is the size of all frames decoded."""
     import av
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise LumosError(f"cannot decode {path}: no video stream")
         stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _check_pixels(path, width, height)
         tb = stream.time_base
         pts, durs = [], []
         for packet in container.demux(stream):
@@ -119,6 +148,10 @@ def _probe_video(path: Path) -> tuple[np.ndarray, float, float]:
             pts.append(packet.pts)
             durs.append(packet.duration or 0)
         rate = stream.average_rate or stream.guessed_rate
+    decoded = len(pts) * width * height * 3
+    if max_bytes is not None and decoded > max_bytes:
+        raise LumosError(f"{path}: {len(pts)} frames of {width}x{height} are {decoded / 2**30:.1f} GiB decoded, more "
+                         f"than is read at once ({max_bytes / 2**30:.0f} GiB); cut a shorter clip")
     if not pts:
         raise LumosError(f"cannot decode {path}: the video stream has no frames with timestamps")
     order = np.argsort(pts, kind="stable")  # B-frames: demux order is not presentation order
@@ -177,7 +210,7 @@ def read_media(path, folder_fps: float = 24.0) -> tuple[np.ndarray, float | None
     if is_image_path(path):
         return read_image(path), None
     try:
-        times, _, fps = _probe_video(path)
+        times, _, fps = _probe_video(path, MAX_VIDEO_BYTES)
         frames = _decode_video_frames(path, times, set(range(len(times))))
     except LumosError:
         raise

@@ -216,7 +216,8 @@ class LumosModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> "LumosModel":
         """Build the model from a checkpoint folder (`lumos.checkpoint`): on the meta device, then the
-        file's tensors are assigned (no second initialisation). dtype None keeps the file's dtype."""
+        file's tensors are assigned (no second initialisation). dtype None keeps the file's dtype.
+        A weight with a NaN or inf is refused (LumosError naming it): it would only generate noise."""
         path = Path(path)
         if not path.is_dir():
             raise LumosError(f"{path}: no such checkpoint folder")
@@ -224,6 +225,7 @@ class LumosModel(nn.Module):
             model = cls(checkpoint.read_config(path))
         sd = checkpoint.check_state_dict(model.state_dict(), checkpoint.read_weights(path), path)
         sd = {k: v.to(device=device or "cpu", dtype=dtype or v.dtype) for k, v in sd.items()}
+        checkpoint.check_finite(sd, path)                 # after the cast: an fp16 overflow counts too
         model.load_state_dict(sd, strict=True, assign=True)
         return model
 

@@ -14,7 +14,12 @@ optionally `pipeline.json` with defaults (`PipelineDefaults`). The released chec
 tokenizers elsewhere: pass `text_tokenizer=` / `video_tokenizer=` (paths or objects).
 
 A call takes the size of the video and the sampling settings (`lumos.sampling.SampleConfig`) as
-keywords, `CALL_SETTINGS`; one left out (or None) takes the pipeline's default.
+keywords, `CALL_SETTINGS`; one left out (or None) takes the pipeline's default. Every argument is
+checked before any work (`check`): the sizes against the tokenizer and the size tokens, top_k against
+the codebook, and the whole layout (prompt tokens + every latent frame) against the model's positions
+(`max_seq_len`). `from_pretrained(..., weights=False)` reads only config.json and the tokenizers, so a
+command can refuse bad input before a multi-GB checkpoint is read (`load_weights`, or the first call,
+reads it).
 
 The task follows from the arguments:
 - text-to-image: num_frames == 1. The prompt says "1 frames at 1 fps" (released template) and the
@@ -45,8 +50,8 @@ from typing import ClassVar, Iterator
 import numpy as np
 import torch
 
-from lumos.sampling import SampleConfig, generate, iter_parallel, plan_generation
-from lumos.utils import LumosError, check_keys
+from lumos.sampling import SampleConfig, check_generation, generate, iter_parallel, plan_generation
+from lumos.utils import LumosError, check_keys, first_line
 from lumos.vocab import VIDEO_PROMPT, check_prompt_template, duration_seconds, video_prompt
 
 TEXT_TOKENIZER_FILE = "text_tokenizer.json"
@@ -87,9 +92,9 @@ class PipelineDefaults(SampleConfig):
     def from_file(cls, path) -> "PipelineDefaults":
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise LumosError(f"{path}: cannot read pipeline defaults ({e})") from None
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:            # ValueError: not JSON, not UTF-8
+            raise LumosError(f"{path}: cannot read pipeline defaults ({first_line(e)})") from None
         check_keys(cls, d, "pipeline defaults", where=path)
         try:
             return cls(**d)
@@ -137,6 +142,31 @@ def resolve_model(name_or_path) -> Path:
                      f"(built-in: {', '.join(BUILTIN_MODELS)})")
 
 
+def resolve_device(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype to run in: device default cuda when available, else cpu; dtype default bf16
+    on cuda, fp32 elsewhere. LumosError (one line) for a device torch does not know, one this machine
+    does not have, or a dtype the device cannot compute in (tried on a 4x4 matmul)."""
+    try:
+        dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError, ValueError):
+        raise LumosError(f"device {device!r}: not a device torch knows; use cpu, cuda, cuda:1, mps, ...") from None
+    if dev.type == "meta":
+        raise LumosError("device meta holds no data; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LumosError(f"device {dev} requested but no CUDA GPU is available (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LumosError(f"device {dev}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    try:
+        x = torch.ones(4, 4, device=dev, dtype=dtype)
+        bool(torch.isfinite(x @ x).all())
+    except Exception as e:            # no such backend, no kernel for the dtype, driver errors, ...
+        raise LumosError(f"device {dev} cannot compute in {str(dtype).replace('torch.', '')} "
+                         f"({first_line(e)}); choose another --device or --dtype") from None
+    return dev, dtype
+
+
 def _load_text_tokenizer(path: Path):
     if not path.is_file():
         raise LumosError(f"{path}: text tokenizer not found; released checkpoints keep it elsewhere "
@@ -165,31 +195,44 @@ class LumosPipeline:
         self.text_tokenizer = text_tokenizer
         self.video_tokenizer = video_tokenizer
         self.defaults = defaults or PipelineDefaults()
+        self._weights = None           # (folder, device, dtype) while the model is a meta-device skeleton
 
     @classmethod
     def from_pretrained(cls, path, text_tokenizer=None, video_tokenizer=None, device=None,
-                        dtype=None) -> "LumosPipeline":
+                        dtype=None, weights: bool = True) -> "LumosPipeline":
         """Load a pipeline folder, or a built-in model by name ("moving-digits"). text_tokenizer /
         video_tokenizer: a path or an object replacing the folder's own. device: default cuda when
-        available; dtype: default bf16 on cuda, fp32 on cpu."""
+        available; dtype: default bf16 on cuda, fp32 on cpu. weights=False reads only config.json (the
+        model is a skeleton on the meta device): enough for `check`, so bad input is refused before a
+        multi-GB checkpoint is read; `load_weights()` (or the first call) reads them."""
+        from lumos import checkpoint
         from lumos.model import LumosModel
 
         path = resolve_model(path)
-        try:
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except RuntimeError as e:
-            raise LumosError(f"device {device!r}: {e}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LumosError("device cuda requested but no CUDA GPU is available (use --device cpu)")
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        device, dtype = resolve_device(device, dtype)
         defaults = PipelineDefaults.from_file(path / DEFAULTS_FILE) if (path / DEFAULTS_FILE).exists() else None
+        config = checkpoint.read_config(path)
         # Tokenizers first: a missing file should fail before a multi-GB model is read.
         if text_tokenizer is None or isinstance(text_tokenizer, (str, Path)):
             text_tokenizer = _load_text_tokenizer(Path(text_tokenizer or path / TEXT_TOKENIZER_FILE))
         if video_tokenizer is None or isinstance(video_tokenizer, (str, Path)):
             video_tokenizer = _load_video_tokenizer(Path(video_tokenizer or path / VIDEO_TOKENIZER_DIR), device)
+        if not weights:
+            with torch.device("meta"):
+                skeleton = LumosModel(config)
+            pipe = cls(skeleton, text_tokenizer, video_tokenizer, defaults)
+            pipe._weights = (path, device, dtype)
+            return pipe
         model = LumosModel.from_pretrained(path, device=device, dtype=dtype)
         return cls(model, text_tokenizer, video_tokenizer, defaults)
+
+    def load_weights(self) -> None:
+        """Read the checkpoint of a pipeline opened with `from_pretrained(weights=False)` (else nothing)."""
+        from lumos.model import LumosModel
+
+        if self._weights is not None:
+            self.model = LumosModel.from_pretrained(*self._weights).eval()
+            self._weights = None
 
     @property
     def device(self) -> torch.device:
@@ -275,10 +318,9 @@ class LumosPipeline:
             return np.asarray(vt.encode(frames[:keep]))
         return None
 
-    def prepare(self, prompt, image, video, num_videos_per_prompt, settings: dict):
-        """Validate, tokenize, encode the given frames and lay out the batch (host-side work). Returns
-        (settings, `lumos.sampling.Plan`, whether the call is a single video), for callers that drive
-        `lumos.sampling` themselves (e.g. to time the sampler alone)."""
+    def _inputs(self, prompt, image, video, num_videos_per_prompt, settings: dict):
+        """Check a call's arguments and tokenize its prompts -> (Settings, prompts, images, videos, the text
+        ids of each prompt). The layout must fit the model: `check_generation` (top_k, frame size, length)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise LumosError("prompt must be a non-empty string or a list of non-empty strings")
@@ -291,17 +333,37 @@ class LumosPipeline:
         if len({x is None for x in images}) > 1 or len({x is None for x in videos}) > 1:
             raise LumosError("give an image (or a video) for every prompt of a batch or for none")
         s = self.settings(image=images[0], video=videos[0], **settings)
-        vocab = self.model.config.vocab
-        vt = self.video_tokenizer
         n_frames = 1 if s.task == "t2i" else s.num_frames
+        texts = [self.text_tokenizer.encode(video_prompt(caption, s.width, s.height, n_frames, s.fps,
+                                                         self.defaults.prompt_template)) for caption in prompts]
+        vt = self.video_tokenizer
+        latent = 1 if s.task == "t2i" else vt.num_latent_frames(s.num_frames)
+        k = vt.spatial_compression
+        # BOS text SEP + the video header, then every latent frame (given and generated)
+        prefix = max(len(t) for t in texts) + 2 + self.model.config.vocab.VIDEO_HEADER
+        check_generation(self.model.config, s.sample, prefix, latent, s.height // k, s.width // k)
+        return s, prompts, images, videos, texts
+
+    def check(self, prompt, image=None, video=None, *, num_videos_per_prompt: int = 1, **settings) -> Settings:
+        """Every check of a call (arguments, sizes, settings, the prompt's layout against the model's
+        positions) without decoding an input or running the model -> its Settings. LumosError names
+        the problem. Works on a pipeline opened with `from_pretrained(weights=False)`."""
+        return self._inputs(prompt, image, video, num_videos_per_prompt, settings)[0]
+
+    def prepare(self, prompt, image, video, num_videos_per_prompt, settings: dict):
+        """Validate, tokenize, encode the given frames and lay out the batch (host-side work). Returns
+        (settings, `lumos.sampling.Plan`, whether the call is a single video), for callers that drive
+        `lumos.sampling` themselves (e.g. to time the sampler alone)."""
+        s, prompts, images, videos, texts = self._inputs(prompt, image, video, num_videos_per_prompt, settings)
+        self.load_weights()
+        vocab = self.model.config.vocab
         prefixes, given_n = [], 0
-        for caption, img, vid in zip(prompts, images, videos):
-            text = video_prompt(caption, s.width, s.height, n_frames, s.fps, self.defaults.prompt_template)
+        for ids, img, vid in zip(texts, images, videos):
             given = self._given_codes(s, img, vid)
-            prefix = vocab.build(self.text_tokenizer.encode(text), given, duration=s.duration, fps=s.fps,
-                                 complete=False)
+            prefix = vocab.build(ids, given, duration=s.duration, fps=s.fps, complete=False)
             prefixes += [prefix] * num_videos_per_prompt
             given_n = 0 if given is None else len(given)
+        vt = self.video_tokenizer
         latent = 1 if s.task == "t2i" else vt.num_latent_frames(s.num_frames)
         k = vt.spatial_compression
         plan = plan_generation(self.model, prefixes, latent - given_n, s.height // k, s.width // k, s.sample,
@@ -344,10 +406,12 @@ class LumosPipeline:
                num_videos_per_prompt: int = 1, progress: bool = True, **settings) -> Iterator:
         """Like `__call__`, but yields the new pixel frames as soon as each latent frame is done: uint8
         [t, H, W, 3] (a list of them for a batch), first for the given frames (if any), then for each
-        generated latent frame. Concatenated, they equal `__call__`'s output for the same generator.
+        generated latent frame. Concatenated, they hold `__call__`'s codes for the same generator; the
+        pixels agree up to float rounding (a pixel may differ by one level: see below).
 
-        The causal tokenizer decodes a prefix of latent frames exactly, so each yield decodes the
-        latent frames so far and keeps the frames not yet yielded (quadratic in frames; a streaming
+        A causal tokenizer decodes the frames of a prefix of latent frames as it decodes them in the
+        whole video (up to the summation order of convolutions of another length), so each yield
+        decodes the latent frames so far and keeps the frames not yet yielded (quadratic in frames; a streaming
         decoder with its own cache would make it linear)."""
         s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, settings)
         codes = plan.given.cpu()                                             # (n, G, h, w)

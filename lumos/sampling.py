@@ -20,6 +20,8 @@ KV cache: the prompt (text, video header and, for image-to-video / continuation,
 is prefilled once; each step runs only the current frame's tokens against the static cache; all
 positions and masks are precomputed on the host in a `Plan` before the loop (the layout of every
 frame is known in advance), so a step has no `.item()`, `.tolist()` or data-dependent branching.
+Non-finite logits (a broken checkpoint, an overflow) stop the generation with a LumosError: whether
+they are finite is accumulated on the device and read once per frame, before its codes are yielded.
 
 Classifier-free guidance runs in ONE batched forward: rows [cond_0 .. cond_{n-1}, uncond_0 ..
 uncond_{n-1}], where uncond_i is cond_i from VIDEO_START on (no BOS/text/SEP, as released and as the
@@ -67,6 +69,9 @@ from lumos.utils import LumosError, check_keys, fits
 from lumos.vocab import Vocab
 
 MODES = ("parallel", "parallel-nocache", "next-token")
+MAX_STEPS = 1000                # num_inference_steps: more only builds host lists (the released setting is 50)
+MIN_TEMPERATURE = 1e-6          # positive temperatures: tinier ones overflow the fp32 logits they divide (use 0)
+SEED_LIMIT = 2**63              # seeds are integers in [0, SEED_LIMIT): what every torch generator takes
 
 
 @dataclass
@@ -75,7 +80,7 @@ class SampleConfig:
     pipeline.json as keys (`lumos.pipeline.PipelineDefaults` extends this class) and the `lumos`
     commands as flags (`lumos.cli.flags`: `--num-inference-steps`, typed by the field, with the
     field's trailing comment as its help). `check` is their one validator."""
-    num_inference_steps: int = 50      # refinement steps per latent frame (S; released: 50)
+    num_inference_steps: int = 50      # refinement steps per latent frame (S, at most 1000; released: 50)
     guidance_scale: float = 15.0       # classifier-free guidance g, logits = u + g (c - u); 0 or 1: off (released: 15)
     temperature: float = 1.0           # code sampling temperature (0: argmax)
     top_k: int | None = None           # sample among the k most likely codes only (default: all)
@@ -85,9 +90,10 @@ class SampleConfig:
     reference_compat: bool = False     # reproduce the released sampler's quirks exactly (lumos.sampling)
 
     # The allowed values of each number: (lowest, highest or None, whether the lowest itself is excluded).
+    # Every float must also be finite (NaN and inf are refused).
     RANGES: ClassVar[dict] = {
-        "num_inference_steps": (1, None, False), "guidance_scale": (0, None, False), "temperature": (0, None, False),
-        "top_k": (1, None, False), "top_p": (0, 1, True), "remask_temperature": (0, None, False),
+        "num_inference_steps": (1, MAX_STEPS, False), "guidance_scale": (0, None, False),
+        "temperature": (0, None, False), "top_k": (1, None, False), "top_p": (0, 1, True), "remask_temperature": (0, None, False),
         "history_mask_ratio": (0, 1, False),
     }
 
@@ -109,15 +115,16 @@ class SampleConfig:
             if v is None and optional:
                 out[key] = None
                 continue
-            if not fits(kind, v)[0]:
+            if not fits(kind, v)[0] or (kind is float and not math.isfinite(v)):
                 raise LumosError(f"{name(key)} must be {_KINDS[kind]}, got {v!r}")
             if key in cls.RANGES:
                 low, high, open_low = cls.RANGES[key]
                 # written so that NaN fails every bound
                 if not ((v > low if open_low else v >= low) and (high is None or v <= high)):
-                    bound = (f"{'>' if open_low else '>='} {low}" if high is None else
-                             f"in {'(' if open_low else '['}{low}, {high}]")
+                    bound = f"{'>' if open_low else '>='} {low}" + ("" if high is None else f" and <= {high}")
                     raise LumosError(f"{name(key)} must be {bound}, got {v!r}")
+            if key == "temperature" and 0 < v < MIN_TEMPERATURE:
+                raise LumosError(f"{name(key)} must be 0 (argmax) or >= {MIN_TEMPERATURE:g}, got {v!r}")
             out[key] = kind(v)
         return out
 
@@ -126,7 +133,38 @@ class SampleConfig:
         return self.guidance_scale not in (0.0, 1.0)
 
 
-_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """The one check of a seed (the commands' --seed, a prompts file's "seed", the API's seed
+    arguments): an integer in [0, 2**63), what every torch generator takes. LumosError otherwise."""
+    if not fits(int, seed)[0] or not 0 <= seed < SEED_LIMIT:
+        raise LumosError(f"{name} must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)
+
+
+def check_generation(config, cfg: SampleConfig, prefix: int, frames: int, h: int, w: int) -> int:
+    """What a generation must fit in the model, checked from its config alone (before any weights are
+    read or any work starts): top_k at most the codebook, an h x w latent frame the size tokens can
+    express, and the whole layout (`prefix` tokens before the first latent frame, then `frames`
+    latent frames, given and generated) within the model's positions (`max_seq_len`, when the config
+    has one). Returns the layout length; LumosError says what to change."""
+    vocab = config.vocab
+    if cfg.top_k is not None and cfg.top_k > vocab.codebook_size:
+        raise LumosError(f"top_k {cfg.top_k} is larger than the codebook ({vocab.codebook_size} codes); "
+                         f"give at most {vocab.codebook_size}, or leave it out to sample among all")
+    g = vocab.grid_per_size
+    if min(h, w) < 1 or h % g or w % g or max(h, w) > g * vocab.max_size:
+        raise LumosError(f"a {h}x{w} latent frame does not fit the vocabulary: its sides must be multiples of {g}, "
+                         f"at most {g * vocab.max_size} latent rows; change the size")
+    total = prefix + frames * vocab.frame_length(h, w)
+    limit = getattr(config, "max_seq_len", None)
+    if limit is not None and total > limit:
+        raise LumosError(f"too long for the model: {prefix} prompt tokens + {frames} latent frames of "
+                         f"{vocab.frame_length(h, w)} tokens = {total} positions, the model has {limit}; "
+                         f"ask for fewer frames, a smaller size or a shorter prompt")
+    return total
 
 
 @functools.cache
@@ -326,11 +364,7 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
         raise LumosError(f"nothing to generate: {num_frames} new latent frames requested")
     if not prompts:
         raise LumosError("no prompts")
-    try:
-        new_frames = np.tile(vocab.masked_frame(h, w), num_frames)
-    except LumosError as e:
-        raise LumosError(f"cannot lay out the frames to generate: {e}") from None
-    rows, starts, given = [], [], []
+    prefixes, starts, given = [], [], []
     for p in prompts:
         p = np.asarray(p, np.int64).reshape(-1)
         try:
@@ -342,11 +376,15 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
         if len(parsed.frames) and parsed.frames.shape[1:] != (h, w):
             raise LumosError(f"given frames are {parsed.frames.shape[1]}x{parsed.frames.shape[2]} latent, "
                              f"the generated ones {h}x{w}")
-        rows.append(np.concatenate([p, new_frames]))
+        prefixes.append(p)
         starts.append(parsed.video_start)
         given.append(parsed.frames if len(parsed.frames) else np.zeros((0, h, w), np.int64))
-    if len({len(r) - s for r, s in zip(rows, starts)}) > 1 or len({len(g) for g in given}) > 1:
+    if len({len(p) - s for p, s in zip(prefixes, starts)}) > 1 or len({len(g) for g in given}) > 1:
         raise LumosError("all videos of a batch need the same number of given frames")
+    # Before anything the size of the layout: the frames to generate, the model's positions.
+    check_generation(model.config, cfg, max(starts) + vocab.VIDEO_HEADER, len(given[0]) + num_frames, h, w)
+    new_frames = np.tile(vocab.masked_frame(h, w), num_frames)
+    rows = [np.concatenate([p, new_frames]) for p in prefixes]
 
     n = len(rows)
     lp = max(starts)                                           # VIDEO_START column of every row
@@ -417,6 +455,16 @@ def _prefill(model, plan: Plan, ctx: torch.Tensor, stats: Stats | None) -> None:
     _forward(model, stats, ctx[:, :P], plan.pos.slice(0, P), mask, torch.arange(P, device=ctx.device), P)
 
 
+def _check_finite(finite: torch.Tensor, f: int, frames: int, cfg: SampleConfig) -> None:
+    """Stop when a frame's logits were not all finite. `finite` is a 0-d bool accumulated on the
+    device over the frame's passes (`finite &= isfinite(logits).all()`, no host sync per pass); this
+    reads it once, when the frame is done and before its codes are yielded."""
+    if not bool(finite):
+        raise LumosError(f"generation stopped: the model's logits are not finite (NaN or inf) in latent frame "
+                         f"{f + 1}/{frames}; the checkpoint's weights are broken or overflow in this dtype, or "
+                         f"guidance_scale {cfg.guidance_scale:g} is too large")
+
+
 def _generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
     if generator is None:
         generator = torch.Generator(device=device)
@@ -462,6 +510,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
                 mask = frame_causal_mask(plan.fid[:, :e0], plan.valid[:, :e0])     # (B, 1, e0, e0)
                 pos = plan.pos.slice(0, e0)
             frame = ctx[:n, s0:e0].clone()                                          # (n, Lf)
+            finite = torch.ones((), dtype=torch.bool, device=device)
             for s in tqdm(range(cfg.num_inference_steps), desc=f"frame {f + 1}/{F}", unit="step",
                           disable=not progress, leave=False):
                 x = frame.repeat(reps, 1)                                            # (B, Lf)
@@ -471,9 +520,11 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
                     ctx[:, s0:e0] = x
                     hidden = _forward(model, stats, ctx[:, :e0], pos, mask)[:, s0:]
                 logits = guide(model.head(hidden[:, plan.code_idx], rows), n, cfg.guidance_scale)  # (n, N, K)
+                finite &= torch.isfinite(logits).all()
                 ids = maskgit_step(logits, frame[:, plan.code_idx], counts[s], temps[f][s], cfg, generator,
                                    vocab)
                 frame.index_copy_(1, plan.code_idx, ids)
+            _check_finite(finite, f, F, cfg)
             history = frame.clone()
             history[:, plan.hist_idx] = vocab.mask
             ctx[:, s0:e0] = history.repeat(reps, 1)
@@ -508,10 +559,11 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Gener
     ctx = plan.tokens.clone()
     _prefill(model, plan, ctx, stats)
     written = plan.prefill_len                             # first column not yet in the cache
+    F = len(plan.frame_starts)
     try:
-        for f in tqdm(range(len(plan.frame_starts)), desc="frames", unit="frame", disable=not progress,
-                      leave=False):
+        for f in tqdm(range(F), desc="frames", unit="frame", disable=not progress, leave=False):
             s0 = plan.frame_starts[f]
+            finite = torch.ones((), dtype=torch.bool, device=device)
             for off in offsets:
                 c = s0 + off
                 q = cols[written:c + 1]
@@ -520,9 +572,11 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Gener
                 hidden = _forward(model, stats, ctx[:, written:c + 1], plan.pos.slice(written, c + 1), mask, q,
                                   c + 1)
                 logits = guide(model.head(hidden[:, -1], rows), n, cfg.guidance_scale)           # (n, K)
+                finite &= torch.isfinite(logits).all()
                 codes, _ = sample_codes(logits, cfg, generator)
                 ctx[:, c] = (codes + vocab.visual_offset).repeat(reps)
                 written = c
+            _check_finite(finite, f, F, cfg)
             yield (ctx[:n, s0 + plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
     finally:
         model.clear_cache()

@@ -160,3 +160,40 @@ def test_bad_files_raise_lumos_error(tmp_path):
         media.read_media(tmp_path / "empty_dir")
     with pytest.raises(LumosError, match="unsupported output"):
         media.write_video(tmp_path / "x.avi", counter_video(2))
+
+
+def bilevel_png(path, width, height):
+    """A valid all-black 1-bit PNG of any size, a few KB on disk (written without building the image)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    z, row = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_pixel_count_is_checked_before_decoding(tmp_path, monkeypatch):
+    ok = bilevel_png(tmp_path / "ok.png", 40, 30)
+    assert media.read_image(ok).shape == (1, 30, 40, 3)
+    # beyond twice Pillow's own bomb limit, where Pillow refuses while opening: the same message
+    with pytest.raises(LumosError, match=r"huge.png: too large to read \(at most 67 megapixels"):
+        media.read_image(bilevel_png(tmp_path / "huge.png", 20000, 20000))
+    media.write_video(tmp_path / "v.mp4", counter_video(6), fps=6)       # 6 frames of 48x32
+    monkeypatch.setattr(media, "MAX_PIXELS", 40 * 30 - 1)
+    with pytest.raises(LumosError, match=r"ok.png: 40x30 pixels: too large to read"):
+        media.read_image(ok)
+    for read in (lambda p: media.read_media(p), lambda p: media.read_clip(p, 6, 1)):
+        with pytest.raises(LumosError, match=r"v.mp4: 48x32 pixels: too large to read"):
+            read(tmp_path / "v.mp4")
+
+
+def test_a_whole_video_read_at_once_is_bounded(tmp_path, monkeypatch):
+    media.write_video(tmp_path / "v.mp4", counter_video(6), fps=6)
+    monkeypatch.setattr(media, "MAX_VIDEO_BYTES", 5 * 48 * 32 * 3)
+    with pytest.raises(LumosError, match=r"v.mp4: 6 frames of 48x32 are .* GiB decoded, more than is read at once"):
+        media.read_media(tmp_path / "v.mp4")
+    assert media.read_clip(tmp_path / "v.mp4", 6, 0.5).shape == (3, 32, 48, 3)   # a clip decodes what it keeps

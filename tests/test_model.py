@@ -164,7 +164,9 @@ def test_vocab_rows_and_hidden():
         full = model(seq)
         vis = model.head(model(seq, return_hidden=True), slice(V.visual_offset, V.visual_offset + V.codebook_size))
         hid = model(seq, return_hidden=True)
-    assert torch.equal(vis, full[..., V.visual_offset:V.visual_offset + V.codebook_size])
+    # atol 1e-5 (logits ~4): a 64-row slice of lm_head vs all 168 rows is a GEMM of another width,
+    # which the BLAS may block and sum in another order (bit-identical on the AMD EPYC measured)
+    torch.testing.assert_close(vis, full[..., V.visual_offset:V.visual_offset + V.codebook_size], rtol=0, atol=1e-5)
     assert hid.shape == (1, seq.shape[1], model.config.dim)
 
 

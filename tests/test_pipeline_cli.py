@@ -145,6 +145,8 @@ def test_stream_yields_frames_as_latent_frames_finish(task):
     chunks = list(pipe.stream("a red 3", generator=gen(3), progress=False, **kw))
     assert [len(c) for c in chunks] == [1, 4, 4]                                # latent frame 0, 1, 2
     whole = pipe("a red 3", generator=gen(3), progress=False, **kw)
+    # exact: the same sampler passes, and the fake tokenizer decodes code by code (a conv decoder run on
+    # a prefix of the latent frames has other shapes than on all of them: not bit-exact by construction)
     assert np.array_equal(np.concatenate(chunks), whole)
 
 

@@ -13,8 +13,9 @@ import torch
 
 from lumos.positions import rope_for
 from lumos.sampling import (
-    SampleConfig, cosine_schedule, generate, gumbel_noise, history_mask_indices, iter_parallel, logits_to_probs,
-    mask_by_random_topk, mask_schedule, plan_generation, remask_temperatures, sample,
+    SampleConfig, check_generation, check_seed, cosine_schedule, generate, gumbel_noise, history_mask_indices,
+    iter_next_token, iter_parallel, logits_to_probs, mask_by_random_topk, mask_schedule, plan_generation,
+    remask_temperatures, sample,
 )
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
@@ -225,7 +226,8 @@ def test_sampling_options_change_what_is_drawn():
     ref = run(MockModel(table), [prompt()], temperature=0.0)[1].codes
     for opts in (dict(top_k=1), dict(top_p=1e-6), dict(temperature=1e-4)):
         got = run(MockModel(table), [prompt()], seed=5, **opts)[1].codes
-        assert torch.equal(got, ref), opts                                # each collapses to the argmax
+        # each collapses to the argmax: exact, the top-2 gaps of the columns used are >= 0.011 (not ulps)
+        assert torch.equal(got, ref), opts
     free = run(MockModel(table), [prompt()], seed=5)[1].codes
     assert not torch.equal(free, ref)                                     # ... which plain sampling does not
     hot = run(MockModel(table), [prompt()], seed=5, temperature=3.0)[1].codes
@@ -354,7 +356,8 @@ def test_next_token_mode_raster_order_and_pass_count():
         assert (c.mask[..., :, int(c.cols[-1]) + 1:] == 0).all()          # causal: no key after the query
         if j:
             assert (c.tokens[:, 0] - VOCAB.visual_offset == out.codes[0].flatten()[j - 1]).all()  # the last sample
-    # greedy with guidance: the argmax of u + 15 (c - u), here c = u, i.e. of the table
+    # greedy with guidance: the argmax of u + 15 (c - u), here c = u, i.e. of the table (exact: u + 15 * 0
+    # is u, and softmax keeps the order, the top-2 gaps of the columns used being >= 0.034)
     c = torch.tensor(codes_cols) - model.video_col
     assert out.codes[0].flatten().tolist() == table[c].argmax(-1).tolist()
 
@@ -394,3 +397,50 @@ def test_bad_prompts_are_refused():
         plan_generation(model, [prompt(), prompt(given=np.zeros((1, 2, 2), np.int64))], 1, 2, 2, cfg)
     with pytest.raises(LumosError, match="nothing to generate"):
         plan_generation(model, [prompt()], 0, 2, 2, cfg)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "parallel-nocache", "next-token"])
+def test_non_finite_logits_stop_at_the_end_of_their_frame(mode):
+    # frame 0 (columns 3..14 after VIDEO_START for 2x3 frames) is fine; frame 1 has a NaN logit
+    table = random_table()
+    lf = VOCAB.frame_length(2, 3)
+    table[VOCAB.VIDEO_HEADER + lf + 5, 7] = float("nan")
+    model = MockModel(table)
+    cfg = SampleConfig(num_inference_steps=3, guidance_scale=1.0)
+    plan = plan_generation(model, [prompt()], 3, 2, 3, cfg)
+    frames = (iter_next_token(model, plan, cfg, torch.Generator().manual_seed(0)) if mode == "next-token" else
+              iter_parallel(model, plan, cfg, torch.Generator().manual_seed(0), use_cache=mode == "parallel"))
+    assert next(frames).shape == (1, 2, 3)                               # frame 0 comes out
+    with pytest.raises(LumosError, match=r"logits are not finite \(NaN or inf\) in latent frame 2/3"):
+        next(frames)
+    assert model.cache is None                                           # the cache is released
+
+
+def test_layout_checked_against_the_model_before_any_work():
+    model = MockModel(random_table())
+    model.config = SimpleNamespace(vocab=VOCAB, max_seq_len=40)
+    cfg = SampleConfig(num_inference_steps=2)
+    p = prompt()                                                         # BOS, 5 text, SEP, 3 header = 10
+    lf = VOCAB.frame_length(2, 3)                                        # 12
+    assert check_generation(model.config, cfg, len(p), 2, 2, 3) == len(p) + 2 * lf == 34
+    plan_generation(model, [p], 2, 2, 3, cfg)
+    with pytest.raises(LumosError, match="10 prompt tokens \\+ 3 latent frames of 12 tokens = 46 positions, the "
+                                         "model has 40; ask for fewer frames, a smaller size or a shorter prompt"):
+        plan_generation(model, [p], 3, 2, 3, cfg)
+    with pytest.raises(LumosError, match=r"top_k 17 is larger than the codebook \(16 codes\)"):
+        plan_generation(model, [p], 1, 2, 3, SampleConfig(top_k=17))
+    with pytest.raises(LumosError, match="does not fit the vocabulary"):
+        plan_generation(model, [p], 10**12, 33, 3, cfg)                   # refused before 10**12 frames are laid out
+    assert SampleConfig(top_k=16).top_k == 16
+
+
+def test_finite_numbers_and_seeds():
+    for bad in (dict(guidance_scale=math.inf), dict(temperature=math.nan), dict(remask_temperature=math.inf),
+                dict(top_p=math.nan), dict(history_mask_ratio=math.nan), dict(num_inference_steps=1001),
+                dict(temperature=1e-9)):
+        with pytest.raises(LumosError):
+            SampleConfig(**bad)
+    assert check_seed(0) == 0 and check_seed(2**63 - 1) == 2**63 - 1 and check_seed(np.int64(5)) == 5
+    for bad in (-1, 2**63, 1.0, True, "3", None):
+        with pytest.raises(LumosError, match=r"must be an integer in \[0, 2\*\*63\)"):
+            check_seed(bad, "--seed")

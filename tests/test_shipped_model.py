@@ -3,7 +3,8 @@ download, and a fixed-seed generation reproduces stored tokens (a golden test, a
 any change to the model, the sampler, the tokenizers or the layout that alters the output is noticed.
 
 Greedy settings (temperature 0, no remasking noise) keep the golden values independent of the random
-stream, so only real changes of behaviour move them. To regenerate after an intended change:
+stream, so only real changes of behaviour move them (one code may differ on another CPU: see the
+test). To regenerate after an intended change:
     python -c "import tests.test_shipped_model as t; t.print_golden()"
 """
 
@@ -50,6 +51,12 @@ def test_golden_tokens():
     pipe, codes = generate_codes()
     assert codes.shape == (5, 8, 8) and codes.dtype == torch.int64
     got = [codes[0, 0].tolist(), codes[2, 4].tolist(), codes[-1, -1].tolist()]
-    assert got == GOLDEN
+    # Greedy decisions on fp32 logits, which another CPU's kernels move by ulps (the cached vs the
+    # uncached path: 3.6e-5 on the guided logits, scale 29), far below the smallest margins measured
+    # (argmax 9e-4 between the two best codes, 5e-4 in log p at a re-masking cut). Noise of sd 1e-4 on
+    # the raw logits changed none of the 320 codes in 6 runs, sd 1e-3 at most 1. So one of the 24 golden
+    # codes may differ (a tie broken the other way); a real change of behaviour moves many.
+    wrong = sum(a != b for row, want in zip(got, GOLDEN) for a, b in zip(row, want))
+    assert wrong <= 1, (got, GOLDEN)
     video = pipe.decode(codes, 17)
     assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8

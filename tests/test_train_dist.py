@@ -78,6 +78,7 @@ def test_fsdp_checkpoint_has_dcp_and_hf_weights(runs):
 
 
 def test_fsdp_resume_from_dcp_is_exact(runs):
+    # exact: both torchrun runs have the same layout (2 ranks x 1 thread, gloo), kernels and shapes
     assert losses(runs / "fsdp_resume") == losses(runs / "fsdp")
 
 

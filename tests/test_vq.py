@@ -144,10 +144,17 @@ def test_causality(k_s):
         c2[j] = (c2[j] + 7) % tok.codebook_size
         out = tok.decode(c2).float()
         first = 0 if j == 0 else 1 + 4 * (j - 1)                        # first pixel frame of latent frame j
-        assert torch.equal(out[:first], out0[:first])
+        assert torch.equal(out[:first], out0[:first])           # same shapes, same kernels: exact
         assert (out[first] - out0[first]).abs().max() > 0
-    # an image (T = 1) is latent frame 0 of any video that starts with it
-    assert torch.equal(tok.encode(v[:1])[0], codes[0])
+    # An image (T = 1) is latent frame 0 of any video that starts with it. Not bit-exact by
+    # construction: 1 latent frame instead of 5 gives the 2D convs another batch (B*t) and the causal
+    # 3D conv another depth, so another kernel may sum in another order. The latents agree to float
+    # rounding (atol 1e-5, values O(1), 7e-7 measured); a code may differ only where FSQ rounds at a .5 edge.
+    with torch.no_grad():
+        z_img = tok.encoder(tok.to_patches(v[None, :1].float() / 127.5 - 1))
+    torch.testing.assert_close(z_img[:, 0], z0[:, 0], rtol=0, atol=1e-5)
+    edge = (tok.fsq.bound(z0[0, 0].movedim(0, -1)).frac().abs() - 0.5).abs().lt(1e-4).any(-1)   # [h, w]
+    assert torch.equal(tok.encode(v[:1])[0][~edge], codes[0][~edge])
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -30,7 +30,7 @@ import torch
 
 from lumos.cli.flags import SettingFlags
 from lumos.cli.generate import DTYPES
-from lumos.sampling import SampleConfig, expected_forwards, generate, plan_generation
+from lumos.sampling import SampleConfig, check_generation, check_seed, expected_forwards, generate, plan_generation
 from lumos.utils import LumosError
 
 # Fewer steps than a real generation by default: the pass counts and their ratio are what is measured.
@@ -120,34 +120,40 @@ def format_table(rows: list[BenchRow]) -> str:
 
 
 def run(args) -> int:
+    from lumos import checkpoint
     from lumos.config import ModelConfig
     from lumos.model import LumosModel
+    from lumos.pipeline import resolve_device, resolve_model
 
     settings = SAMPLING.read(args)
     for name in ("height", "width", "patch", "frames", "text_len", "repeats"):
         if getattr(args, name) < 1:
             raise LumosError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LumosError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise LumosError(f"--threads must be >= 1, got {args.threads}")
+    check_seed(args.seed, "--seed")
     if args.height % args.patch or args.width % args.patch:
         raise LumosError(f"--height/--width {args.height}x{args.width} are not multiples of --patch {args.patch}")
-    dtype = DTYPES[args.dtype]
-    if args.model:
-        from lumos.pipeline import resolve_model
-        model = LumosModel.from_pretrained(resolve_model(args.model), device=args.device, dtype=dtype)
-        name = str(args.model)
-    else:
-        cfg = ModelConfig.from_name(args.preset)
-        model = LumosModel.from_config(cfg, device=args.device, dtype=dtype, seed=args.seed)
-        name = f"{args.preset} (random weights)"
-    model.eval()
+    device, dtype = resolve_device(args.device, DTYPES[args.dtype])
+    # What the video must fit (codebook, size tokens, positions) from the config alone, before a model is built.
+    model_dir = resolve_model(args.model) if args.model else None
+    config = checkpoint.read_config(model_dir) if model_dir else ModelConfig.from_name(args.preset)
     h, w = args.height // args.patch, args.width // args.patch
-    g = model.config.vocab.grid_per_size
+    g = config.vocab.grid_per_size
     if h % g or w % g:
         raise LumosError(f"a {h}x{w} latent grid is not a multiple of {g} (one size token = {g} latent rows); "
                          f"use --height/--width multiples of {g * args.patch}")
+    check_generation(config, SampleConfig(**settings), args.text_len + 2 + config.vocab.VIDEO_HEADER, args.frames,
+                     h, w)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if model_dir:
+        model = LumosModel.from_pretrained(model_dir, device=device, dtype=dtype)
+        name = str(args.model)
+    else:
+        model = LumosModel.from_config(config, device=device, dtype=dtype, seed=args.seed)
+        name = f"{args.preset} (random weights)"
+    model.eval()
     rows = run_bench(model, h, w, args.frames, modes=args.modes, text_len=args.text_len, repeats=args.repeats,
                      seed=args.seed, **settings)
     cfg_rows = "cond + uncond rows in one batch" if SampleConfig(**settings).use_cfg else "no CFG"

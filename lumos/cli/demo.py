@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from lumos.utils import LumosError
 from lumos.world.demo import demo
 
 
@@ -17,8 +16,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.seed < 0:
-        raise LumosError(f"--seed must be >= 0, got {args.seed}")
     files = demo(args.out, args.model, args.seed, progress=not args.no_progress)
     print(json.dumps([str(f) for f in files]))
     return 0

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from lumos.cli.flags import SettingFlags
-from lumos.pipeline import LumosPipeline, resolve_model
-from lumos.sampling import SampleConfig
-from lumos.utils import LumosError
-from lumos.world.evaluate import SETS, build_items, evaluate, format_markdown, write_report
+from lumos.pipeline import LumosPipeline, resolve_device, resolve_model
+from lumos.sampling import SampleConfig, check_seed
+from lumos.utils import LumosError, check_output
+from lumos.world.evaluate import SETS, build_items, check_run, evaluate, format_markdown, write_report
 from lumos.world.scoring import digit_classifier
 
 # The sampling flags (left out: the model's pipeline.json); the size of the videos is the world's.
@@ -57,21 +57,26 @@ def check_args(args) -> tuple[list[str], dict]:
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     if not sets or set(sets) - set(SETS):
         raise LumosError(f"--sets {args.sets!r}: choose a comma-separated subset of {','.join(SETS)}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise LumosError(f"--out {args.out}: exists and is not a folder")
+    check_seed(args.seed, "--seed")
+    for name in ("report.json", "report.md"):
+        check_output(Path(args.out) / name, "--out")
     return sets, settings
 
 
 def run(args) -> int:
     sets, settings = check_args(args)
+    device, dtype = resolve_device(args.device)
     model_dir = resolve_model(args.model)            # a missing model fails before the classifier is fitted
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     items = build_items(args.num_prompts, args.num_i2v, sets)
     if not items:
         raise LumosError("no prompts to evaluate (--num-prompts 0 and no other set)")
+    # Every batch checked against the model's config (settings, length) before its weights are read.
+    pipe = LumosPipeline.from_pretrained(model_dir, device=device, dtype=dtype, weights=False)
+    check_run(pipe, items, args.batch_size, **settings)
     digit_classifier()                               # fit now, not inside the first timed batch
-    pipe = LumosPipeline.from_pretrained(model_dir, device=args.device)
+    pipe.load_weights()
     report = evaluate(pipe, items, args.seed, batch_size=args.batch_size,
                       next_token_prompts=0 if args.no_next_token else args.next_token_prompts,
                       ceiling_clips=args.ceiling_clips, progress=not args.no_progress, **settings)

@@ -10,10 +10,12 @@
 
 `--model` is a pipeline folder or the name of a built-in model (default "moving-digits", shipped in
 lumos/assets/). A prompts file has one JSON object per line: {"prompt": ..., and optionally "image",
-"video" (paths relative to the file), "seed", "out" (relative to --out)}; the flags apply to every line.
-Next to each output (mp4, webm, gif, png, jpg) a JSON manifest with the same name records the prompt,
-seed, every setting, the model and the time taken. Bad input is one line on stderr and exit code 2,
-checked before anything is generated; outputs are written atomically (never a partial file).
+"video" (paths relative to the file), "seed", "out" (relative to --out, and inside it)}; the flags apply
+to every line. Next to each output (mp4, webm, gif, png, jpg) a JSON manifest with the same name records
+the prompt, seed, every setting, the model and the time taken. Bad input is one line on stderr and exit
+code 2, checked before the model's weights are read: the flags, every output location (writable, not a
+folder, not written twice, not one of the inputs), every input file, every job's settings and length
+against the model's config. Outputs are written atomically (never a partial file).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from pathlib import Path
 import torch
 
 from lumos.cli.flags import SettingFlags
-from lumos.pipeline import CALL_SETTINGS, LumosPipeline, PipelineDefaults, resolve_model
-from lumos.utils import LumosError, atomic_write_json
+from lumos.pipeline import CALL_SETTINGS, LumosPipeline, PipelineDefaults, resolve_device, resolve_model
+from lumos.sampling import check_seed
+from lumos.utils import LumosError, atomic_write_json, check_output, first_line
 
 # The size and sampling flags: one per keyword of a pipeline call (left out: the model's pipeline.json).
 SETTINGS = SettingFlags(PipelineDefaults, CALL_SETTINGS)
@@ -65,6 +68,13 @@ class Job:
     video: str | None
     seed: int
     out: Path
+    where: str = ""            # where the job comes from, for messages: the prompts file's line
+
+    def outputs(self, n: int) -> list[Path]:
+        """The files of its n videos (`out`, or `stem-k.ext` for k < n); each has a manifest `.json`."""
+        if n == 1:
+            return [self.out]
+        return [self.out.with_name(f"{self.out.stem}-{k}{self.out.suffix}") for k in range(n)]
 
 
 def check_flags(args) -> dict:
@@ -73,6 +83,8 @@ def check_flags(args) -> dict:
     settings = SETTINGS.read(args)
     if args.num_videos_per_prompt < 1:
         raise LumosError(f"--num-videos-per-prompt must be >= 1, got {args.num_videos_per_prompt}")
+    if args.seed is not None:
+        check_seed(args.seed, "--seed")
     if (args.prompt is None) == (args.prompts_file is None):
         raise LumosError("give exactly one of --prompt and --prompts-file")
     if args.prompt is not None and not args.prompt.strip():
@@ -98,23 +110,48 @@ def _existing(path, base: Path | None, flag: str) -> str:
     return str(p)
 
 
+def _inside(folder: Path, out: str, where: str) -> Path:
+    """A prompts file's "out": relative to --out and inside it, also once resolved (no absolute path,
+    no `..` or symlink leading out of it)."""
+    path = folder / out
+    if Path(out).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+        raise LumosError(f"{where}: \"out\" {out!r} leads outside --out {folder}; give a path inside it")
+    return _out_path(path)
+
+
 def read_jobs(args) -> list[Job]:
-    """The work list: one job for --prompt, one per line of --prompts-file (all validated up front)."""
+    """The work list: one job for --prompt, one per line of --prompts-file (all validated up front,
+    their output locations included: `check_outputs`)."""
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     ext = ".png" if args.num_frames == 1 else ".mp4"
     if args.prompt is not None:
         out = _out_path(Path(args.out or f"lumos-out{ext}"))
         image = _existing(args.image, None, "--image") if args.image else None
         video = _existing(args.video, None, "--video") if args.video else None
-        return [Job(args.prompt, image, video, seed, out)]
+        jobs = [Job(args.prompt, image, video, seed, out)]
+    else:
+        jobs = _read_prompts_file(args, seed, ext)
+    check_outputs(jobs, args)
+    return jobs
+
+
+def _read_prompts_file(args, seed: int, ext: str) -> list[Job]:
     f = Path(args.prompts_file)
     if not f.is_file():
         raise LumosError(f"--prompts-file {f}: no such file")
     folder = Path(args.out or "lumos-out")
     if folder.suffix.lower() in OUT_EXTS:
         raise LumosError(f"--out {folder}: with --prompts-file, --out is a folder")
+    check_output(folder, "--out", folder=True)
+    try:
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LumosError(f"--prompts-file {f}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         f"save it as UTF-8") from None
+    except OSError as e:
+        raise LumosError(f"--prompts-file {f}: cannot read ({e.strerror or first_line(e)})") from None
     jobs = []
-    for i, line in enumerate(f.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -129,9 +166,8 @@ def read_jobs(args) -> list[Job]:
         for key in ("image", "video", "out"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise LumosError(f"{f}:{i}: \"{key}\" must be a string, got {d[key]!r}")
-        if "seed" in d and (not isinstance(d["seed"], int) or isinstance(d["seed"], bool)
-                            or not 0 <= d["seed"] < 2**63):
-            raise LumosError(f"{f}:{i}: \"seed\" must be an integer in [0, 2**63), got {d['seed']!r}")
+        job_seed = check_seed(d["seed"] if "seed" in d else seed + len(jobs),
+                              f"{f}:{i}: \"seed\"" if "seed" in d else f"--seed + line index ({f}:{i})")
         if d.get("image") and d.get("video"):
             raise LumosError(f"{f}:{i}: give \"image\" or \"video\", not both")
         image = d.get("image") or args.image
@@ -140,11 +176,32 @@ def read_jobs(args) -> list[Job]:
             prompt=d["prompt"],
             image=_existing(image, f.parent if d.get("image") else None, f"{f}:{i}: image") if image else None,
             video=_existing(video, f.parent if d.get("video") else None, f"{f}:{i}: video") if video else None,
-            seed=int(d.get("seed", seed + len(jobs))),
-            out=_out_path(folder / d["out"]) if d.get("out") else folder / f"{len(jobs):04d}{ext}"))
+            seed=job_seed,
+            out=_inside(folder, d["out"], f"{f}:{i}") if d.get("out") else folder / f"{len(jobs):04d}{ext}",
+            where=f"{f}:{i}"))
     if not jobs:
         raise LumosError(f"{f}: no prompts (expected one JSON object with a \"prompt\" per line)")
     return jobs
+
+
+def check_outputs(jobs: list[Job], args) -> None:
+    """Every file the run will write, each output and its manifest, checked before any work: a
+    location that can be written (`lumos.utils.check_output`), written by one job only, and not one of
+    the inputs (the prompts file, an image, a video)."""
+    inputs = {Path(p).resolve(): p for p in [args.prompts_file] + [x for j in jobs for x in (j.image, j.video)] if p}
+    seen: dict[Path, str] = {}
+    for job in jobs:
+        at = f"{job.where}: " if job.where else ""
+        for out in job.outputs(args.num_videos_per_prompt):
+            for path, what in ((out, "output"), (out.with_suffix(".json"), "manifest")):
+                key = path.resolve()
+                if key in seen:
+                    raise LumosError(f"{at}{what} {path} is written by {seen[key]} too; give each job its own "
+                                     f"\"out\" (a manifest is the output's name with .json)")
+                if key in inputs:
+                    raise LumosError(f"{at}{what} {path} would overwrite the input {inputs[key]}")
+                seen[key] = job.where
+                check_output(path, f"{at}{what}")
 
 
 def read_inputs(job: Job):
@@ -164,15 +221,19 @@ def run(args) -> int:
     from lumos import media
 
     kwargs = check_flags(args)
+    device, dtype = resolve_device(args.device, DTYPES.get(args.dtype))
     jobs = read_jobs(args)
     # Decode every input before loading the model: a bad file fails in a second, not after minutes.
     inputs = [read_inputs(j) for j in jobs]
     model_dir = resolve_model(args.model)
     pipe = LumosPipeline.from_pretrained(model_dir, text_tokenizer=args.text_tokenizer,
-                                         video_tokenizer=args.video_tokenizer, device=args.device,
-                                         dtype=DTYPES.get(args.dtype))
-    # Every job's settings are checked (e.g. a resolution that is not a multiple of the patch) before any work.
-    settings = [pipe.settings(image=image, video=video, **kwargs) for image, video in inputs]
+                                         video_tokenizer=args.video_tokenizer, device=device, dtype=dtype,
+                                         weights=False)
+    # Every job is checked against the model's config (a resolution that is not a multiple of the patch,
+    # top_k beyond the codebook, a layout longer than the model's positions) before the weights are read.
+    settings = [pipe.check(job.prompt, image=image, video=video, num_videos_per_prompt=args.num_videos_per_prompt,
+                           **kwargs) for job, (image, video) in zip(jobs, inputs)]
+    pipe.load_weights()
     for job, (image, video), s in zip(jobs, inputs, settings):
         generator = torch.Generator(device=pipe.device).manual_seed(job.seed)
         t0 = time.perf_counter()
@@ -180,8 +241,7 @@ def run(args) -> int:
                       num_videos_per_prompt=args.num_videos_per_prompt, progress=not args.no_progress, **kwargs)
         seconds = time.perf_counter() - t0
         videos = [videos] if args.num_videos_per_prompt == 1 else videos
-        for k, frames in enumerate(videos):
-            out = job.out if len(videos) == 1 else job.out.with_name(f"{job.out.stem}-{k}{job.out.suffix}")
+        for k, (out, frames) in enumerate(zip(job.outputs(len(videos)), videos)):
             media.write_video(out, frames, fps=s.fps)
             atomic_write_json(out.with_suffix(".json"), {
                 "output": str(out), "prompt": job.prompt, "image": job.image, "video": job.video,

@@ -24,13 +24,17 @@ reference pre-tokenizes 7 s (`--duration 7`, 22 latent frames) and drops 15 of t
 Rows are cut into fixed shards (shard k = rows [k K, (k + 1) K)), so the shard of a row never
 depends on which rows failed or which machine ran it. Each shard is written whole and atomically;
 a rerun skips finished shards (after checking they were made with the same settings and input) and
-redoes the others, so nothing is lost or duplicated. Missing, undecodable and too-short files are
-skipped, recorded in their shard's meta, and listed in `report.json`. `index.json` is rebuilt from
-the finished shards at the end of every run (`--index-only` / `reindex` does just that).
+redoes the others, so nothing is lost or duplicated. Worker processes (`--workers`) end with the
+main process (killed or not) and only stage their shards, which the main process renames into
+place: no shard is written once it is gone; SIGTERM and ^C end the pool. Missing, undecodable and
+too-short files are skipped, recorded in their shard's meta, and listed in `report.json`.
+`index.json` is rebuilt from the finished shards at the end of every run (`--index-only` /
+`reindex` does just that).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -38,8 +42,11 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import threading
 from collections import Counter
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +55,7 @@ from tqdm import tqdm
 
 from lumos import media
 from lumos.data.records import build_index, list_shards, read_shard_meta, shard_name, write_shard
-from lumos.utils import LumosError, atomic_write_json
+from lumos.utils import LumosError, atomic_write_json, check_output
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
 
 
@@ -237,8 +244,10 @@ class _Context:
                 "size": [int(W), int(H)], "fps": fps, "duration": duration, "num_frames_span": span}
         return tokens, meta
 
-    def shard(self, k: int, rows: list[tuple[int, dict]], bar=None) -> dict:
-        """Tokenize rows [(index, row)] and write shard k; returns its summary."""
+    def shard(self, k: int, rows: list[tuple[int, dict]], bar=None, staged: bool = False) -> dict:
+        """Tokenize rows [(index, row)] and write shard k; returns its summary. `staged` (a pool
+        worker): write it under a temporary name, returned as "folder", which the main process
+        renames into place (so no shard appears once the main process is gone)."""
         tokens, records, skipped = [], [], []
         for i, row in rows:
             try:
@@ -253,23 +262,62 @@ class _Context:
                 "vocab": self.plan["vocab"], "digit_ids": self.plan["digit_ids"],
                 "temporal_compression": self.plan["temporal_compression"], "settings": self.plan["settings"],
                 "records": records, "skipped": skipped}
-        write_shard(Path(self.cfg.out) / shard_name(k), tokens, meta)
-        return {"shard": k, "records": len(records), "skipped": len(skipped)}
+        name = f".{shard_name(k)}.staged-{os.getpid()}" if staged else shard_name(k)
+        write_shard(Path(self.cfg.out) / name, tokens, meta)
+        return {"shard": k, "records": len(records), "skipped": len(skipped), "folder": name}
 
 
-# Worker processes: one _Context each, built by the pool initializer.
-_WORKER: _Context | None = None
+# Worker processes: one _Context each, built by the pool initializer (or the error that building it
+# raised, re-raised by the first task: a pool restarts a worker whose initializer fails, forever).
+_WORKER: _Context | Exception | None = None
 
 
 def _init_worker(cfg: TokenizeConfig, plan: dict, threads: int) -> None:
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the pool
+    _exit_with_parent()
     torch.set_num_threads(threads)
-    _WORKER = _Context(cfg, plan)
+    try:
+        _WORKER = _Context(cfg, plan)
+    except Exception as e:  # noqa: BLE001 - handed to the main process with the first task
+        _WORKER = e
+
+
+def _exit_with_parent() -> None:
+    """A worker never outlives the main process: a thread waits on the parent's sentinel (which
+    closes when the parent dies, SIGKILL included) and ends the worker at once, quietly."""
+    parent = mp.parent_process()
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _work(task: tuple[int, list]) -> dict:
+    if isinstance(_WORKER, Exception):
+        raise _WORKER
     k, rows = task
-    return _WORKER.shard(k, rows)
+    return _WORKER.shard(k, rows, staged=True)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM ends the main process as ^C does (KeyboardInterrupt), through the pool's exit, which
+    terminates the workers; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -338,7 +386,7 @@ def _summarise(out: Path, report: dict, index: dict) -> None:
 
 def reindex(out) -> dict:
     """Rebuild `index.json` and `report.json` from the finished shards in `out`; returns the report."""
-    out = Path(out)
+    out = check_output(out, "--out", folder=True)
     index = build_index(out)
     report = write_report(out)
     _summarise(out, report, index)
@@ -351,7 +399,7 @@ def pretokenize(cfg: TokenizeConfig | None = None, /, *, video_tokenizer=None, *
     Pass a `TokenizeConfig` or its fields as keywords. `video_tokenizer` (a loaded `VideoTokenizer`)
     replaces loading `cfg.tokenizer` in the in-process path (workers = 1)."""
     cfg = cfg or TokenizeConfig(**kwargs)
-    out = Path(cfg.out)
+    out = check_output(cfg.out, "--out", folder=True)
     rows = read_rows(cfg.input)
     if not rows:
         raise LumosError(f"{cfg.input}: no rows")
@@ -369,7 +417,7 @@ def pretokenize(cfg: TokenizeConfig | None = None, /, *, video_tokenizer=None, *
         done.add(int(folder.name.split("-")[1]))
     mine = [k for k in range(plan["num_shards"]) if k % cfg.world_size == cfg.rank and k not in done]
     for k in mine:  # leftovers of a killed run of this rank (only this rank writes these shards)
-        for tmp in out.glob(f".{shard_name(k)}.*"):
+        for tmp in out.glob(f".*{shard_name(k)}.*"):
             shutil.rmtree(tmp, ignore_errors=True)
 
     K = cfg.shard_size
@@ -385,7 +433,11 @@ def pretokenize(cfg: TokenizeConfig | None = None, /, *, video_tokenizer=None, *
             # spawn, not fork: forking a process that has started torch threads (or CUDA) can hang.
             workers = min(cfg.workers, len(tasks))
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with mp.get_context("spawn").Pool(workers, _init_worker, (cfg, plan, threads)) as pool:
+            # Workers end with this process (`_exit_with_parent`) and only stage their shards: this
+            # process renames each into place, so no shard appears after it is gone.
+            with _sigterm_interrupts(), mp.get_context("spawn").Pool(workers, _init_worker,
+                                                                     (cfg, plan, threads)) as pool:
                 for res in pool.imap_unordered(_work, tasks):
+                    os.replace(out / res["folder"], out / shard_name(res["shard"]))
                     bar.update(res["records"] + res["skipped"])
     return reindex(out)

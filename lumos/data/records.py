@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lumos.utils import LumosError, atomic_dir, atomic_write_json
+from lumos.utils import LumosError, atomic_dir, atomic_write_json, first_line
 from lumos.vocab import Vocab
 
 FORMAT = "lumos-records"
@@ -78,9 +78,29 @@ def write_shard(folder, tokens: list[np.ndarray], meta: dict) -> None:
 def read_shard_meta(folder) -> dict:
     path = Path(folder) / "meta.json"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise LumosError(f"{path}: unreadable shard meta ({e}); delete {Path(folder).name} and re-run to redo it") from None
+        raise LumosError(f"{path}: unreadable shard meta ({first_line(e)}); delete {Path(folder).name} and re-run "
+                         f"to redo it") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("vocab"), dict) and isinstance(meta.get("records"), list)):
+        raise LumosError(f"{path}: not a shard meta of a records folder (no vocab or records); delete "
+                         f"{Path(folder).name} and re-run to redo it")
+    return meta
+
+
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A shard's tokens.npy / offsets.npy: a 1-D integer array (never unpickled); LumosError saying
+    the file is not a records file otherwise (numpy's own message would suggest allow_pickle)."""
+    try:
+        a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise LumosError(f"{path}: missing; delete {path.parent.name} and re-run `lumos tokenize` to redo it") from None
+    except (OSError, ValueError, EOFError):
+        a = None
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in "iu":
+        raise LumosError(f"{path}: not a records file (a 1-D integer .npy array written by `lumos tokenize`); "
+                         f"delete {path.parent.name} and re-run to redo it")
+    return a
 
 
 def list_shards(root) -> list[Path]:
@@ -102,7 +122,10 @@ def build_index(root, write: bool = True) -> dict:
         elif meta["vocab"] != vocab:
             raise LumosError(f"{folder}: written with a different vocabulary than the other shards in {root}")
         expected = meta.get("num_shards", expected)
-        offsets = np.load(folder / "offsets.npy")
+        offsets = load_array(folder / "offsets.npy")
+        if len(offsets) != len(meta["records"]) + 1:
+            raise LumosError(f"{folder / 'offsets.npy'}: {len(offsets) - 1} records, its meta.json lists "
+                             f"{len(meta['records'])}; delete {folder.name} and re-run to redo it")
         shards.append({"name": folder.name, "records": int(len(offsets) - 1), "tokens": int(offsets[-1])})
     if vocab is None:
         raise LumosError(f"{root}: no finished shards (shard-NNNNN folders) to index")
@@ -180,10 +203,11 @@ class RecordReader:
         try:
             index = json.loads(path.read_text())
         except ValueError as e:
-            raise LumosError(f"{path}: not valid JSON ({e})") from None
-        if index.get("format") != FORMAT or index.get("version") != VERSION:
-            raise LumosError(f"{path}: not a {FORMAT} v{VERSION} index (format={index.get('format')!r}, "
-                             f"version={index.get('version')!r})")
+            raise LumosError(f"{path}: not valid JSON ({first_line(e)})") from None
+        if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
+            got = {k: index.get(k) for k in ("format", "version")} if isinstance(index, dict) else type(index).__name__
+            raise LumosError(f"{path}: not a {FORMAT} v{VERSION} index ({got!r})")
+        self.vocab = _index_vocab(index, path)
         if not index.get("complete", True):
             # Another rank may have finished since this index was written: look again.
             index = build_index(self.root, write=False)
@@ -191,7 +215,6 @@ class RecordReader:
                 warnings.warn(f"{self.root}: {len(index['missing_shards'])} shard(s) are not finished yet "
                               f"(first: {index['missing_shards'][0]}); reading the {len(index['shards'])} that are")
         self.index = index
-        self.vocab = Vocab.from_dict(index["vocab"])
         self.digit_ids = index.get("digit_ids")
         self.temporal_compression = int(index.get("temporal_compression", 4))
         self.shards = [s["name"] for s in index["shards"]]
@@ -219,11 +242,8 @@ class RecordReader:
     def _shard(self, s: int) -> tuple[np.ndarray, np.ndarray]:
         if s not in self._tokens:
             folder = self.root / self.shards[s]
-            try:
-                self._offsets[s] = np.load(folder / "offsets.npy")
-                self._tokens[s] = np.load(folder / "tokens.npy", mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise LumosError(f"{folder}: cannot read the shard ({e})") from None
+            self._offsets[s] = load_array(folder / "offsets.npy")
+            self._tokens[s] = load_array(folder / "tokens.npy", mmap=True)
         return self._tokens[s], self._offsets[s]
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -249,6 +269,20 @@ class RecordReader:
         start = int(rng.integers(0, n - max_frames + 1)) if rng is not None and n > max_frames else 0
         return cap_frames(tokens, self.vocab, max_frames, start, temporal_compression=self.temporal_compression,
                           num_frames_span=m.get("num_frames_span"), digit_ids=self.digit_ids)
+
+
+def _index_vocab(index: dict, path: Path) -> Vocab:
+    """The vocabulary of a records index, after checking the index holds one and a shard list."""
+    shards = index.get("shards")
+    listed = isinstance(shards, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                              and isinstance(s.get("records"), int) for s in shards)
+    if not isinstance(index.get("vocab"), dict) or not listed:
+        raise LumosError(f"{path}: the index has no vocabulary or shard list; rebuild it with "
+                         f"`lumos tokenize --out {path.parent} --index-only`")
+    try:
+        return Vocab.from_dict(index["vocab"])
+    except (LumosError, TypeError) as e:
+        raise LumosError(f"{path}: the index's vocabulary is not valid ({first_line(e)})") from None
 
 
 # ------------------------------------------------------------------------------------------ official

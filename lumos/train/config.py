@@ -19,16 +19,16 @@ valid TOML is taken as a string (`out_dir=runs/x`).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lumos.config import ModelConfig
 from lumos.train.batches import BatchOptions, SyntheticVideos
 from lumos.train.lr import LR_SCHEDULES, get_lr
 from lumos.train.parallelize import PARALLEL
-from lumos.utils import LumosError, check_keys, fits
+from lumos.utils import LumosError, check_keys, first_line, fits
 
 
 # ---------------------------------------------------------------------------------------------- loader
@@ -43,9 +43,13 @@ class TomlConfig:
         """The TOML file at `path` with `KEY=VALUE` overrides applied (see the module docstring)."""
         path = Path(path)
         try:
-            d = tomllib.loads(path.read_text())
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise LumosError(f"{path}: no such config file") from None
+        except UnicodeDecodeError as e:
+            raise LumosError(f"{path}: not UTF-8 text (byte {e.start}); a config is a TOML text file") from None
+        except OSError as e:
+            raise LumosError(f"{path}: cannot read the config ({e.strerror or first_line(e)})") from None
         except tomllib.TOMLDecodeError as e:
             raise LumosError(f"{path}: not valid TOML ({e})") from None
         for item in overrides:
@@ -157,12 +161,28 @@ class TrainConfig(TomlConfig):
             raise LumosError("warmup_steps and micro_batch_size must be >= 0 and lr > 0")
         if self.data and self.synthetic:
             raise LumosError("give either data (record folders) or synthetic, not both")
-        known = sorted(set(inspect.signature(SyntheticVideos).parameters) - {"vocab"})
-        unknown = sorted(set(self.synthetic) - set(known))
-        if unknown:
-            raise LumosError(f"unknown synthetic keys {unknown}; known: {known}")
+        if not all(isinstance(p, str) for p in self.data):
+            raise LumosError(f"data must be a list of record folders (strings), got {self.data!r}")
+        _check_table(self.synthetic, typing.get_type_hints(SyntheticVideos.__init__), "synthetic", skip=("vocab",))
+        hints = typing.get_type_hints(ModelConfig)
+        hints["rope_scale"] = tuple[int, ...]
+        _check_table(self.model_overrides, hints, "model config", skip=("vocab",))  # [model_overrides]
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): `lumos.train.lr.get_lr` with these keys."""
         return get_lr(step, peak=self.lr, warmup_steps=self.warmup_steps, total_steps=self.max_steps,
                       schedule=self.lr_schedule, min_lr=self.min_lr)
+
+
+def _check_table(d: dict, hints: dict, what: str, skip=()) -> None:
+    """Keys and value types of a free-form table (`[synthetic]`, `[model_overrides]`) against the
+    type hints of what it is passed to."""
+    known = sorted(set(hints) - {"return", *skip})
+    unknown = sorted(set(d) - set(known) - set(skip))
+    if unknown:
+        raise LumosError(f"unknown {what} keys {unknown}; known: {known}")
+    for k, v in d.items():
+        if k in hints and k not in skip:
+            ok, name = fits(hints[k], v)
+            if not ok:
+                raise LumosError(f"{what} key {k!r} must be of type {name}, got {v!r}")

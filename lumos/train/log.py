@@ -6,7 +6,8 @@ JSON line per step, flushed as written) and TensorBoard scalars under `tb/`.
     log.close()
 
 A resumed run rewrites metrics.jsonl up to its checkpoint's step first, so the lines of a killed run's
-later steps (which the resumed run recomputes) do not appear twice.
+later steps (which the resumed run recomputes) do not appear twice. Nothing is written (nor the bar
+drawn) before the first record: a run that fails before its first step leaves no file behind.
 """
 
 from __future__ import annotations
@@ -23,27 +24,29 @@ class Logger:
     """The bar, metrics.jsonl and tb/ of one run; with `on = False` (ranks other than 0) it logs nothing."""
 
     def __init__(self, out: Path, start: int, total: int, tensorboard: bool, on: bool):
-        self.on = on
+        self.on, self.out, self.start, self.total, self.tensorboard = on, out, start, total, tensorboard
         self.file = self.tb = self.bar = None
-        if not on:
-            return
+
+    def _open(self) -> None:
         from tqdm import tqdm
 
-        metrics = out / "metrics.jsonl"
-        kept = [r for r in read_metrics(metrics) if r["step"] <= start]
+        metrics = self.out / "metrics.jsonl"
+        kept = [r for r in read_metrics(metrics) if r["step"] <= self.start]
         with atomic_write(metrics, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         self.file = open(metrics, "a")
-        if tensorboard:
+        if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1)
-        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+            self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.start + 1)
+        self.bar = tqdm(total=self.total, initial=self.start, desc="train", unit="step", dynamic_ncols=True)
 
     def log(self, r: dict) -> None:
         """One step's record: a metrics.jsonl line, its scalars (and per-frame losses) in tb/, the bar."""
         if not self.on:
             return
+        if self.file is None:
+            self._open()
         self.file.write(json.dumps(r) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -58,7 +61,7 @@ class Logger:
         self.bar.update(1)
 
     def close(self) -> None:
-        if self.on:
+        if self.file is not None:
             self.bar.close()
             self.file.close()
             if self.tb is not None:
@@ -69,9 +72,11 @@ def read_metrics(path: Path) -> list[dict]:
     """Lines of metrics.jsonl; a line cut by a kill is ignored."""
     out = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
+                r = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(r, dict) and isinstance(r.get("step"), int):
+                out.append(r)
     return out

@@ -3,7 +3,8 @@
 Runbook:
 
     lumos train configs/tiny.toml                          # one process: CPU, or one GPU
-    lumos train configs/tiny.toml --resume                 # continue from the newest complete checkpoint
+    lumos train configs/tiny.toml --resume                 # continue from the newest checkpoint that loads
+    lumos train configs/tiny.toml --restart                # start over, replacing the run in out_dir
     lumos train configs/tiny.toml --set lr=3e-4 --set batch.max_frames=2 --set 'out_dir="runs/x"'
     torchrun --nproc-per-node 2 -m lumos.train configs/tiny.toml            # FSDP2 over 2 processes
     torchrun --nproc-per-node 8 -m lumos.train configs/lumos1-finetune.toml --resume
@@ -23,11 +24,16 @@ What one step does (`train_step`, read it top to bottom):
     clip grad norm; AdamW step
 and after it `train` logs and, every `checkpoint_every` steps, checkpoints.
 
-Outputs in `out_dir`:
+Outputs in `out_dir`, written from the end of the first step on (a run that fails before leaves nothing):
     train_config.json              the config of the run
     metrics.jsonl, tb/             one line / scalars per step: loss, per-frame loss, lr, grad norm, tokens/s
     checkpoints/step-000100/       atomic, with a manifest (lumos.train.checkpoints); the weights in
                                    model/ load with LumosModel.from_pretrained(".../model")
+
+Crashes: a run killed at any moment resumes with --resume, bit for bit. A checkpoint that does not
+load (damaged manifest, optimizer or RNG file) is reported and the one before it is used; leftovers of
+a killed save or prune are removed at the next start. A run never starts over silently on a folder
+that holds one: without a checkpoint to continue from, that needs --restart.
 """
 
 from __future__ import annotations
@@ -41,23 +47,26 @@ import torch
 
 from lumos.train.batches import Batcher
 from lumos.train.build import build_model, load_weights, open_data, save_weights
-from lumos.train.checkpoints import changed_settings, list_checkpoints, load_checkpoint, read_state, save_checkpoint
+from lumos.train.checkpoints import (changed_settings, clean_checkpoints, has_history, read_state, remove_folder,
+                                    resume_checkpoint, save_checkpoint, step_folders)
 from lumos.train.config import TrainConfig
 from lumos.train.log import Logger
 from lumos.train.loss import masked_visual_loss
 from lumos.train.runtime import Runtime, all_reduce_sum, close_runtime, setup_runtime
-from lumos.utils import LumosError, atomic_write_json
+from lumos.utils import LumosError, atomic_write_json, check_output
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
+def train(cfg: TrainConfig, resume: bool = False, restart: bool = False) -> list[dict]:
     """Run (or resume) training; returns the metrics of the steps run by this call (this rank's copy:
-    the numbers are global)."""
+    the numbers are global). `restart`: start over at step 0 even though out_dir holds a run (its
+    checkpoints are deleted and its metrics rewritten when the first step is done); with `resume`,
+    only if no checkpoint of it loads."""
     rt = setup_runtime(cfg.device, cfg.parallel, cfg.precision)
     torch.manual_seed(cfg.seed)  # nothing below draws from the global RNG; this only pins it
-    out = Path(cfg.out_dir)
+    out = check_output(cfg.out_dir, "out_dir", folder=True)
     ckpt_root = out / "checkpoints"
 
-    # 1. data and model
+    # 1. data and model (nothing is written into out_dir before the first step is done)
     source, mcfg = open_data(cfg)
     micro_bs = cfg.micro_batch_size or cfg.batch_size // rt.world
     if micro_bs < 1 or cfg.batch_size % (micro_bs * rt.world):
@@ -69,25 +78,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
 
-    # 2. resume: the newest complete checkpoint; the data position is the step itself
-    start = 0
-    if resume:
-        found = list_checkpoints(ckpt_root)
-        if found:
-            path = found[-1][1]
-            start = load_checkpoint(path, model, optimizer, rt, load_weights=lambda f: load_weights(f, core))
-            _warn_changed(path, cfg, rt)
-        elif rt.rank == 0:
-            print(f"lumos train: no complete checkpoint under {ckpt_root}; starting from step 0", file=sys.stderr)
-    if rt.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", cfg.to_dict())
+    # 2. resume: the newest checkpoint that loads; the data position is the step itself
+    start = _resume(out, ckpt_root, model, core, optimizer, cfg, rt, resume, restart)
     logger = Logger(out, start, cfg.max_steps, cfg.tensorboard, on=rt.rank == 0)
     history = []
 
     # 3. the loop: a step, its log line, a checkpoint every checkpoint_every steps and at the end
     for step in range(start, cfg.max_steps):
         rec = train_step(step, model, core, optimizer, batcher, micro_bs, cfg, rt)
+        if step == start and rt.rank == 0:
+            _begin(out, ckpt_root, cfg, fresh=start == 0)
         logger.log(rec)
         history.append(rec)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
@@ -99,6 +99,45 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
     logger.close()
     close_runtime(rt)
     return history
+
+
+def _resume(out: Path, ckpt_root: Path, model, core, optimizer, cfg: TrainConfig, rt: Runtime, resume: bool,
+            restart: bool) -> int:
+    """The step to start at: that of the newest checkpoint that loads (with `resume`), else 0. Never
+    starts over silently on a run folder that holds a run (metrics or checkpoints): that needs
+    `restart`."""
+    start, path, problem = 0, None, None
+    if resume:
+        start, path, problem = resume_checkpoint(ckpt_root, model, optimizer, rt,
+                                                 load_weights=lambda f: load_weights(f, core))
+    if path is not None:
+        _warn_changed(path, cfg, rt)
+        return start
+    held = has_history(out, ckpt_root)
+    if held and not restart and not resume:
+        raise LumosError(f"{out} already holds a run ({held}); pass --resume to continue it, or --restart "
+                         f"to start over at step 0")
+    why = f"the newest does not load: {problem}" if problem else "there is none"
+    if held and not restart:
+        raise LumosError(f"--resume: no checkpoint under {ckpt_root} to continue from ({why}); pass --restart to "
+                         f"start over at step 0 (replacing the run's checkpoints and metrics)")
+    if resume and rt.rank == 0:
+        print(f"lumos train: no checkpoint under {ckpt_root} to continue from ({why}); starting at step 0",
+              file=sys.stderr)
+    return 0
+
+
+def _begin(out: Path, ckpt_root: Path, cfg: TrainConfig, fresh: bool) -> None:
+    """Rank 0, once the first step is done: the run's config; leftovers of killed jobs removed; on a
+    fresh start (allowed over an old run only with restart), the old checkpoints deleted."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train_config.json", "metrics.jsonl"):     # atomic_write's temporary files of a killed job
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    atomic_write_json(out / "train_config.json", cfg.to_dict())
+    clean_checkpoints(ckpt_root)
+    for _, old in step_folders(ckpt_root) if fresh else ():
+        remove_folder(old)
 
 
 def train_step(step: int, model, core, optimizer, batcher: Batcher, micro_bs: int, cfg: TrainConfig,

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from lumos.pipeline import PipelineDefaults
-from lumos.utils import LumosError, atomic_dir, atomic_write_json
+from lumos.utils import LumosError, atomic_dir, atomic_write_json, check_output, first_line
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "moving-digits"
 PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
@@ -56,7 +56,15 @@ SAMPLING = PipelineDefaults.check({"height": 64, "width": 64, "num_frames": 17, 
 def prepared_with(data: str | Path) -> dict | None:
     """The settings a `prepare` folder was written with (None if it has no PREPARED_FILE)."""
     f = Path(data) / PREPARED_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
+    if not f.is_file():
+        return None
+    try:
+        stamp = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LumosError(f"{f}: unreadable ({first_line(e)}); is this a `lumos builtin prepare` folder?") from None
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("prompt_template"), str):
+        raise LumosError(f"{f}: not what `lumos builtin prepare` writes (no prompt_template)")
+    return stamp
 
 
 def caption_corpus(rng: np.random.Generator, n_two: int = 2000) -> list[str]:
@@ -91,7 +99,11 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
     from lumos.tokenizers import load_video_tokenizer
     from lumos.vocab import Vocab, duration_seconds, video_prompt
 
-    out = Path(out)
+    if num_records < 1 or batch < 1:
+        raise LumosError(f"--num-records must be >= 1, got {num_records}" if num_records < 1 else
+                         f"batch must be >= 1, got {batch}")
+    out = check_output(out, "--out", folder=True)
+    vt = load_video_tokenizer(tokenizer)                   # before anything is written
     text_path = out / "text_tokenizer.json"
     # What the records were written with. A rerun resumes only the same preparation: records of another
     # prompt template (or seed) must not be mixed in, nor exported under this template.
@@ -108,7 +120,6 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
         train_text_tokenizer(caption_corpus(np.random.default_rng(seed)), text_vocab_size, text_path,
                              wrap_in_prompt=False)
     text = TextTokenizer(text_path)
-    vt = load_video_tokenizer(tokenizer)
     vocab = Vocab.compact(text.vocab_size, vt.codebook_size)
     done = {p.name for p in list_shards(out / "train")}
     n_shards = -(-num_records // SHARD)
@@ -160,7 +171,8 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
     """Copy a training run's newest checkpoint (bf16 weights), the text tokenizer, the video tokenizer
     and the generation defaults into a pipeline folder (`LumosPipeline.from_pretrained(out)`)."""
     from lumos.model import LumosModel
-    from lumos.train.checkpoints import list_checkpoints
+    from lumos.tokenizers import load_video_tokenizer
+    from lumos.train.checkpoints import list_checkpoints, read_state
 
     found = list_checkpoints(Path(run) / "checkpoints")
     if not found:
@@ -168,18 +180,22 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
     stamp = prepared_with(data)
     if stamp is None:
         raise LumosError(f"{data}: no {PREPARED_FILE}; was it written by `lumos builtin prepare`?")
+    text = Path(data) / "text_tokenizer.json"
+    if not text.is_file():
+        raise LumosError(f"{text}: missing; was {data} written by `lumos builtin prepare`?")
+    out = check_output(out, "--out", folder=True)
+    load_video_tokenizer(tokenizer)                        # a tokenizer folder that loads, checked up front
     ckpt = found[-1][1]
     model = LumosModel.from_pretrained(ckpt / "model")
-    out, tokenizer = Path(out), Path(tokenizer)
+    tokenizer = Path(tokenizer)
     keep_tokenizer = tokenizer.resolve() == (out / "tokenizer").resolve()
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, dtype=torch.bfloat16)
-        shutil.copy(Path(data) / "text_tokenizer.json", tmp / "text_tokenizer.json")
+        shutil.copy(text, tmp / "text_tokenizer.json")
         shutil.copytree(tokenizer, tmp / "tokenizer")
         atomic_write_json(tmp / "pipeline.json", {**SAMPLING, "prompt_template": stamp["prompt_template"]})
-        state = json.loads((ckpt / "train_state.json").read_text())
-        train_cfg = Path(run) / "train_config.json"
-        init_from = json.loads(train_cfg.read_text()).get("init_from", "") if train_cfg.is_file() else ""
+        state = read_state(ckpt)                       # list_checkpoints read it: a dict with the run's config
+        init_from = (state.get("train_config") or {}).get("init_from", "")
         atomic_write_json(tmp / "provenance.json", {"checkpoint": str(ckpt), "step": state.get("step"),
                                                     "init_from": init_from or None, "kept_tokenizer": keep_tokenizer})
     return out

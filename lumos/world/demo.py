@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lumos.utils import LumosError, atomic_write_json
+from lumos.sampling import check_seed
+from lumos.utils import LumosError, atomic_write_json, check_output
 
 PROMPTS = [("t2v", "a red 3 moving down"), ("heldout", "a cyan 4 moving left")]
+FILES = ("t2v.gif", "t2v.mp4", "t2v.json", "heldout.gif", "heldout.mp4", "heldout.json", "i2v.gif", "i2v.mp4",
+         "i2v-given.png", "i2v.json", "t2i.png")          # everything a demo writes into `out`
 
 
 def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True) -> list[Path]:
@@ -26,6 +29,10 @@ def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True
     from lumos.pipeline import LumosPipeline
 
     out = Path(out)
+    check_seed(seed, "--seed")
+    check_output(out, "--out", folder=True)
+    for name in FILES:
+        check_output(out / name, "--out")
     pipe = LumosPipeline.from_pretrained(model)
     written = []
     clip, caption, _ = sample_clip("val", np.random.default_rng(seed))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lumos.sampling import SampleConfig
+from lumos.sampling import SampleConfig, check_seed
 from lumos.utils import LumosError, atomic_write, atomic_write_json
 from lumos.world import digits as D
 from lumos.world.scoring import WORLD, score_video
@@ -90,6 +90,29 @@ def _check_video(v, caption: str) -> np.ndarray:
     return v
 
 
+def _batches(items: list[Item], batch_size: int):
+    """(set index, batch index, first item's index in its set, the batch): i2v and text-only prompts in
+    separate batches (a batch gives images for all prompts or none)."""
+    for set_index, set_ in enumerate(SETS):
+        group = [it for it in items if it.set == set_]
+        for b, start in enumerate(range(0, len(group), batch_size)):
+            yield set_index, b, start, group[start:start + batch_size]
+
+
+def check_run(pipe, items: list[Item], batch_size: int = 8, **settings) -> dict:
+    """The checks of an evaluation that run no model: the batch size, the settings (the fields of
+    `SampleConfig`) and, for a `LumosPipeline` (even one opened with weights=False), every batch's call
+    (`LumosPipeline.check`: top_k, length...). Returns the keywords of every pipeline call."""
+    if batch_size < 1:
+        raise LumosError(f"batch size must be >= 1, got {batch_size}")
+    kwargs = {**GEOMETRY, **SampleConfig.check({k: v for k, v in settings.items() if v is not None})}
+    if hasattr(pipe, "check"):
+        for set_index, _, _, batch in _batches(items, batch_size):
+            images = [it.image for it in batch] if SETS[set_index] == "i2v" else None
+            pipe.check([it.caption for it in batch], image=images, **kwargs)
+    return kwargs
+
+
 def evaluate(pipe, items: list[Item], seed: int = 0, *, batch_size: int = 8, next_token_prompts: int = 2,
              ceiling_clips: int = 32, progress: bool = True, **settings) -> dict:
     """Generate every item with `pipe` (a `LumosPipeline`, or anything with its call signature), score
@@ -104,30 +127,25 @@ def evaluate(pipe, items: list[Item], seed: int = 0, *, batch_size: int = 8, nex
     Returns the report dict (see `write_report`): settings, timing, per-set aggregates, one row per video."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise LumosError(f"batch size must be >= 1, got {batch_size}")
-    # Checked here too, for a pipe that is not a LumosPipeline (which would check them itself).
-    kwargs = {**GEOMETRY, **SampleConfig.check({k: v for k, v in settings.items() if v is not None})}
+    check_seed(seed)
+    kwargs = check_run(pipe, items, batch_size, **settings)     # every batch, before any is generated
     filled = pipe.settings(**kwargs).to_dict() if hasattr(pipe, "settings") else kwargs
     rows, per_video_s = [], []
     bar = tqdm(total=len(items), desc="eval", unit="video", disable=not progress)
-    for set_index, set_ in enumerate(SETS):
-        group = [it for it in items if it.set == set_]
-        for b, start in enumerate(range(0, len(group), batch_size)):
-            batch = group[start:start + batch_size]
-            images = [it.image for it in batch] if set_ == "i2v" else None
-            t0 = time.perf_counter()
-            videos = pipe([it.caption for it in batch], image=images, generator=_generator(seed, set_index, b),
-                          progress=False, **kwargs)
-            seconds = (time.perf_counter() - t0) / len(batch)
-            per_video_s += [seconds] * len(batch)
-            for k, (it, v) in enumerate(zip(batch, videos)):
-                v = _check_video(v, it.caption)
-                row = {"set": it.set, "index": start + k, "caption": it.caption,
-                       "expected": {"digit": it.digit, "colour": it.colour, "direction": it.direction},
-                       **score_video(v, it.digit, it.colour, it.direction, it.image), "seconds": round(seconds, 4)}
-                rows.append(row)
-            bar.update(len(batch))
+    for set_index, b, start, batch in _batches(items, batch_size):
+        images = [it.image for it in batch] if SETS[set_index] == "i2v" else None
+        t0 = time.perf_counter()
+        videos = pipe([it.caption for it in batch], image=images, generator=_generator(seed, set_index, b),
+                      progress=False, **kwargs)
+        seconds = (time.perf_counter() - t0) / len(batch)
+        per_video_s += [seconds] * len(batch)
+        for k, (it, v) in enumerate(zip(batch, videos)):
+            v = _check_video(v, it.caption)
+            row = {"set": it.set, "index": start + k, "caption": it.caption,
+                   "expected": {"digit": it.digit, "colour": it.colour, "direction": it.direction},
+                   **score_video(v, it.digit, it.colour, it.direction, it.image), "seconds": round(seconds, 4)}
+            rows.append(row)
+        bar.update(len(batch))
     bar.close()
     report = {
         "seed": seed, "settings": filled, "batch_size": batch_size, "prompt_seed": PROMPT_SEED,

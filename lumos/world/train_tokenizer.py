@@ -3,6 +3,7 @@
     lumos train-tokenizer configs/tokenizer-moving-digits.toml                # writes out_dir from the config
     lumos train-tokenizer configs/tokenizer-moving-digits.toml --out runs/tok # another folder
     lumos train-tokenizer configs/tokenizer-moving-digits.toml --resume       # continue after a kill
+    lumos train-tokenizer configs/tokenizer-moving-digits.toml --restart      # start over, replacing the run
     lumos train-tokenizer configs/tokenizer-moving-digits.toml --set steps=200 --set model.groups=4
 
 Python: `train_tokenizer(TrainTokenizerConfig.from_toml("....toml"))`.
@@ -21,7 +22,8 @@ of image-to-video); a `two_digit_fraction` of the samples show two digits; loss 
 `ckpt_every` steps a checkpoint `out_dir/checkpoints/step-NNNNNN/` is written atomically in the
 format of `lumos train` (`lumos.train.checkpoints`: the weights in model/, AdamW state, torch RNG
 state, the config in the manifest) and the previous one removed; `--resume` continues from it and
-gives the same weights, bit for bit on CPU, as a run that was never interrupted.
+gives the same weights, bit for bit on CPU, as a run that was never interrupted. A damaged newest
+checkpoint is reported and the one before it used; leftovers of a killed save are removed at start.
 
 At the end: `vq_config.json` + `vq.safetensors` (the tokenizer, `VQTokenizer.from_pretrained`) and
 `metrics.json`: reconstruction PSNR on `eval_videos` clips of the "val" split (unseen handwriting;
@@ -43,11 +45,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lumos.tokenizers.vq import WEIGHTS_FILE, VQConfig, VQTokenizer, count_parameters, load_weights, video_psnr
-from lumos.train.checkpoints import changed_settings, list_checkpoints, load_checkpoint, read_state, save_checkpoint
+from lumos.train.checkpoints import (changed_settings, clean_checkpoints, read_state, remove_folder,
+                                    resume_checkpoint, save_checkpoint, step_folders)
 from lumos.train.config import TomlConfig
 from lumos.train.lr import get_lr
 from lumos.train.runtime import single_process
-from lumos.utils import LumosError, atomic_write_json
+from lumos.utils import LumosError, atomic_write_json, check_output
 from lumos.world.digits import DigitsConfig, sample_clip, sample_image
 
 CHECKPOINTS = "checkpoints"
@@ -157,37 +160,48 @@ def _save(out_dir: Path, model: VQTokenizer, opt: torch.optim.Optimizer, step: i
                     meta=meta, keep=1)
 
 
-def _resume(out_dir: Path, model: VQTokenizer, opt: torch.optim.Optimizer, cfg: TrainTokenizerConfig) -> int:
-    """Restore model, optimizer and torch RNG from the newest checkpoint; return the step to start at."""
-    found = list_checkpoints(out_dir / CHECKPOINTS)
-    if not found:
-        raise LumosError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS} (it is written every ckpt_every steps)")
-    path = found[-1][1]
+def _resume(out_dir: Path, model: VQTokenizer, opt: torch.optim.Optimizer, cfg: TrainTokenizerConfig,
+            resume: bool, restart: bool) -> int:
+    """The step to start at: with `resume`, that of the newest checkpoint that loads (model, optimizer
+    and torch RNG restored from it), else 0. Never starts over silently on checkpoints: that needs
+    `restart`."""
+    root = out_dir / CHECKPOINTS
+    if not resume:
+        if step_folders(root) and not restart:
+            raise LumosError(f"{out_dir} already holds a training checkpoint; pass --resume to continue it, "
+                             f"--restart to start over, or choose another --out")
+        return 0
+
+    def load(folder: Path) -> None:
+        model.load_state_dict(load_weights(folder / WEIGHTS_FILE, model.state_dict()))
+
+    start, path, problem = resume_checkpoint(root, model, opt, single_process(), load_weights=load,
+                                             who="lumos train-tokenizer")
+    if path is None:
+        if restart:
+            return 0
+        why = f"the newest does not load: {problem}" if problem else "it is written every ckpt_every steps"
+        raise LumosError(f"--resume: no checkpoint in {root} to continue from ({why}); pass --restart to start over")
     saved, now = read_state(path)["train_config"], cfg.to_dict()
     for key in changed_settings(saved, now):
         if key in SAME_ON_RESUME:
             raise LumosError(f"--resume: the checkpoint in {path} was trained with {key} = {saved[key]}, the config "
                              f"says {now[key]}; use the same config (only steps, lr schedule and evaluation keys "
                              f"may change)")
-
-    def load(folder: Path) -> None:
-        model.load_state_dict(load_weights(folder / WEIGHTS_FILE, model.state_dict()))
-
-    return load_checkpoint(path, model, opt, single_process(), load_weights=load)
+    return start
 
 
 # ------------------------------------------------------------------------------------------ train
 def train_tokenizer(cfg: TrainTokenizerConfig, resume: bool = False, progress: bool = True,
-                    stop_at: int | None = None) -> dict:
+                    stop_at: int | None = None, restart: bool = False) -> dict:
     """Train, save the tokenizer and its metrics into `cfg.out_dir`; return the metrics dict.
 
-    `resume`: continue from the newest checkpoint in `out_dir/checkpoints/`. `stop_at`: end right
-    after the checkpoint of that step without the final save/evaluation, exactly as if the job had
-    been killed there (tests use it to check that resuming is exact)."""
-    out_dir = Path(cfg.out_dir)
-    if not resume and list_checkpoints(out_dir / CHECKPOINTS):
-        raise LumosError(f"{out_dir} already holds a training checkpoint; pass --resume to continue it, or "
-                         f"choose another --out")
+    `resume`: continue from the newest checkpoint in `out_dir/checkpoints/` that loads (a damaged
+    newer one is reported and skipped). `restart`: start over although out_dir holds checkpoints
+    (they are deleted); with `resume`, only if none loads. `stop_at`: end right after the checkpoint
+    of that step without the final save/evaluation, exactly as if the job had been killed there
+    (tests use it to check that resuming is exact)."""
+    out_dir = check_output(cfg.out_dir, "out_dir", folder=True)
     torch.manual_seed(cfg.seed)                      # weight init only: the data has its own generators
     model = VQTokenizer(cfg.model)
     # no weight decay on norms and biases (standard), the conv kernels get cfg.weight_decay
@@ -196,8 +210,11 @@ def train_tokenizer(cfg: TrainTokenizerConfig, resume: bool = False, progress: b
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    start = _resume(out_dir, model, opt, cfg) if resume else 0
+    start = _resume(out_dir, model, opt, cfg, resume, restart)
     n_params = count_parameters(model)
+    clean_checkpoints(out_dir / CHECKPOINTS)           # leftovers of a killed save or prune
+    for _, old in step_folders(out_dir / CHECKPOINTS) if start == 0 else ():
+        remove_folder(old)                             # --restart: the old run's checkpoints
 
     t0 = time.time()
     model.train()
@@ -252,6 +269,8 @@ def train_tokenizer(cfg: TrainTokenizerConfig, resume: bool = False, progress: b
     })
     atomic_write_json(out_dir / "metrics.json", metrics)
     if not cfg.keep_checkpoint:
+        for _, old in step_folders(out_dir / CHECKPOINTS):   # each out of the listed names first
+            remove_folder(old)
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     return metrics
 

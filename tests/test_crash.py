@@ -1,0 +1,206 @@
+"""Crashes at the worst moments: SIGKILL of `python -m lumos.train` in the middle of a checkpoint save
+and in the middle of pruning an old checkpoint, then `--resume` to the end (no leftover folder, no
+partial checkpoint, the losses of an uninterrupted run bit for bit); SIGKILL of the main process of
+`lumos tokenize --workers 2` (its workers die with it and write nothing after it).
+
+The moments are found by polling the file system (every millisecond) for the names the code uses
+while it works: a save's temporary `.step-NNNNNN.tmp-*` folder, a pruned checkpoint's
+`.step-NNNNNN.deleting-*` name. Pruning a checkpoint of the tiny config takes under a millisecond, so
+test (b) plants 3,000 small files in the checkpoint that will be pruned, to make it last ~0.1 s."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lumos.train.checkpoints import list_checkpoints, step_folders
+from lumos.train.config import TrainConfig
+from lumos.train.loop import train
+from test_pretokenize import dataset  # noqa: F401 - the module-scoped fixture of 20 media rows
+from test_train import ROOT, TINY, losses
+
+SETS = {"max_steps": 12, "batch_size": 4, "warmup_steps": 3, "tensorboard": "false"}
+
+
+def env() -> dict:
+    """The subprocesses' environment: this package, and the thread count of this process (bit for bit
+    needs the same kernels and thread count as the in-process reference run)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def start_train(out: Path, *extra: str, **sets) -> subprocess.Popen:
+    """`python -m lumos.train configs/tiny.toml --set ...` (one process, CPU); stderr to OUT.stderr."""
+    args = [a for k, v in {**SETS, **sets, "out_dir": f'"{out}"'}.items() for a in ("--set", f"{k}={v}")]
+    with open(out.parent / f"{out.name}.stderr", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "lumos.train", str(TINY), *args, *extra], cwd=ROOT,
+                                env=env(), stdout=subprocess.DEVNULL, stderr=log)
+
+
+def config(out: Path, **sets) -> TrainConfig:
+    return TrainConfig.from_toml(TINY, [f"{k}={v}" for k, v in {**SETS, **sets, "out_dir": f'"{out}"'}.items()])
+
+
+def reference(tmp_path: Path, **sets) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in train(config(tmp_path / "ref", **sets))}
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 60) -> None:
+    """SIGKILL `proc` as soon as ready() holds (polled every millisecond)."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+
+
+def finish(out: Path, **sets) -> None:
+    """`--resume` to the end (in this process: the same thread count and kernels as `reference`)."""
+    assert train(config(out, **sets), resume=True)
+
+
+def dot_names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+
+
+def assert_only_complete_checkpoints(root: Path) -> None:
+    assert dot_names(root) == []                                                  # no leftover of a killed job
+    assert [s for s, _ in step_folders(root)] == [s for s, _ in list_checkpoints(root)]   # nothing partial
+
+
+def test_sigkill_during_a_checkpoint_save_then_resume(tmp_path):
+    """(a) Killed while a save writes its temporary folder (after step 2's checkpoint is complete)."""
+    t0 = time.time()
+    want = reference(tmp_path, checkpoint_every=2, keep_checkpoints=2)
+    out = tmp_path / "run"
+    root = out / "checkpoints"
+
+    def saving():   # a later save has written its weights into the temporary folder, not yet renamed
+        return list_checkpoints(root) and any(p.name.startswith(".step-") and (p / "model").exists()
+                                              for p in root.iterdir())
+
+    kill_when(start_train(out, checkpoint_every=2, keep_checkpoints=2), saving, "save in progress")
+    left = [n for n in dot_names(root) if ".tmp-" in n]
+    assert left, dot_names(root)
+    finish(out, checkpoint_every=2, keep_checkpoints=2)
+    assert_only_complete_checkpoints(root)
+    assert [s for s, _ in list_checkpoints(root)] == [10, 12]
+    assert losses(out) == want                                   # every step, bit for bit
+    print(f"killed during the save of {left}; test took {time.time() - t0:.1f} s")
+
+
+def test_sigkill_while_pruning_then_resume(tmp_path):
+    """(b) Killed while step-000004 is being deleted (pruned when step-000008 is saved, keep = 1)."""
+    t0 = time.time()
+    want = reference(tmp_path, checkpoint_every=4, keep_checkpoints=1)
+    out = tmp_path / "run"
+    root = out / "checkpoints"
+    kill_when(start_train(out, checkpoint_every=4, keep_checkpoints=1), lambda: (root / "step-000004").is_dir(),
+              "step-000004")
+    assert [s for s, _ in list_checkpoints(root)] == [4]
+    junk = root / "step-000004" / "junk"   # makes the rmtree of step-000004 last long enough to be caught
+    junk.mkdir()
+    for i in range(3000):
+        (junk / f"{i:05d}").touch()
+    kill_when(start_train(out, "--resume", checkpoint_every=4, keep_checkpoints=1),
+              lambda: any(".deleting-" in n for n in os.listdir(root)), "pruning")
+    left = dot_names(root)
+    assert left and all(n.startswith(".step-000004.deleting-") for n in left), left
+    assert not (root / "step-000004").exists()               # never a half-deleted folder under a listed name
+    assert [s for s, _ in list_checkpoints(root)] == [8]
+    finish(out, checkpoint_every=4, keep_checkpoints=1)
+    assert_only_complete_checkpoints(root)
+    assert [s for s, _ in list_checkpoints(root)] == [12]
+    assert losses(out) == want
+    print(f"killed while deleting {left}; test took {time.time() - t0:.1f} s")
+
+
+SLOW_TOKENIZE = """
+import sys, time
+from lumos.tokenizers.cosmos import CosmosTokenizer
+
+slow = CosmosTokenizer.encode
+
+
+def encode(self, video):   # module level: runs in the spawned workers too (they import this file)
+    time.sleep(0.25)
+    return slow(self, video)
+
+
+CosmosTokenizer.encode = encode
+
+if __name__ == "__main__":
+    from lumos.cli import main
+
+    d, out = sys.argv[1], sys.argv[2]
+    sys.exit(main(["tokenize", "--input", d + "/list.csv", "--out", out, "--tokenizer", d + "/cosmos",
+                   "--text-tokenizer", d + "/text.json", "--fps", "4", "--duration", "1", "--size", "64",
+                   "--shard-size", "6", "--device", "cpu", "--no-progress", "--workers", "2"]))
+"""
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(p.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody reaps counts as dead)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkill_of_tokenize_main_process_ends_its_workers(dataset, tmp_path):  # noqa: F811 - the fixture
+    """(c) The main process is killed while both workers are inside a shard: 2 s later no worker is
+    alive, and no shard appeared after the kill (a shard takes 1.5 s here)."""
+    from lumos.data.pretokenize import pretokenize
+
+    t0 = time.time()
+    script = tmp_path / "slow_tokenize.py"
+    script.write_text(SLOW_TOKENIZE)
+    out = tmp_path / "tok"
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as f:
+        main = subprocess.Popen([sys.executable, str(script), str(dataset), str(out)], env=env(),
+                                stdout=subprocess.DEVNULL, stderr=f)
+    try:
+        deadline = time.time() + 60
+        while not list(out.glob("shard-*")):
+            assert main.poll() is None, err.read_text()[-3000:]
+            assert time.time() < deadline, "no shard within 60 s"
+            time.sleep(0.01)
+        workers = children(main.pid)
+        main.send_signal(signal.SIGKILL)
+        assert main.wait(10) == -signal.SIGKILL
+        shards = sorted(p.name for p in out.glob("shard-*"))
+        time.sleep(2)
+        assert len(workers) >= 2 and not [w for w in workers if alive(w)], workers
+        time.sleep(1)                                              # past the end of the shards in progress
+        assert sorted(p.name for p in out.glob("shard-*")) == shards
+        assert "Traceback" not in err.read_text(), err.read_text()
+    finally:
+        if main.poll() is None:
+            main.kill()
+    assert len(shards) < 4
+    report = pretokenize(input=str(dataset / "list.csv"), out=str(out), tokenizer=str(dataset / "cosmos"),
+                         text_tokenizer=str(dataset / "text.json"), fps=4, duration=1, size=64, shard_size=6,
+                         progress=False, device="cpu")
+    assert report["records"] == 17 and not dot_names(out)         # the staged leftovers are gone
+    print(f"killed with {shards} done; test took {time.time() - t0:.1f} s")
