@@ -17,6 +17,7 @@ _FACE = {  # name -> the module that defines it
     "LumosError": "lumos.utils",
     "LumosModel": "lumos.model",
     "LumosPipeline": "lumos.pipeline",
+    "LumosPipelineOutput": "lumos.pipeline",
     "ModelConfig": "lumos.config",
     "SampleConfig": "lumos.sampling",
     "Vocab": "lumos.vocab",

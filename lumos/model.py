@@ -22,7 +22,6 @@ The model knows nothing of sampling, the tokenizers or distributed training (`lu
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -214,13 +213,15 @@ class LumosModel(nn.Module):
         return model.to(dtype) if dtype is not None else model
 
     @classmethod
-    def from_pretrained(cls, path, device=None, dtype=None) -> "LumosModel":
+    def from_pretrained(cls, path, device=None, dtype=None, *, subfolder: str | None = None,
+                        revision: str | None = None, local_files_only: bool | None = None) -> "LumosModel":
         """Build the model from a checkpoint folder (`lumos.checkpoint`): on the meta device, then the
         file's tensors are assigned (no second initialisation). dtype None keeps the file's dtype.
-        A weight with a NaN or inf is refused (LumosError naming it): it would only generate noise."""
-        path = Path(path)
-        if not path.is_dir():
-            raise LumosError(f"{path}: no such checkpoint folder")
+        A weight with a NaN or inf is refused (LumosError naming it): it would only generate noise.
+        path: a folder, a built-in model name or a Hub repo id (+ subfolder, revision): `lumos.hub.resolve`."""
+        from lumos import hub
+
+        path = hub.resolve(path, subfolder, revision, local_files_only, what="checkpoint")
         with torch.device("meta"):
             model = cls(checkpoint.read_config(path))
         sd = checkpoint.check_state_dict(model.state_dict(), checkpoint.read_weights(path), path)

@@ -25,8 +25,9 @@ they are finite is accumulated on the device and read once per frame, before its
 
 Classifier-free guidance runs in ONE batched forward: rows [cond_0 .. cond_{n-1}, uncond_0 ..
 uncond_{n-1}], where uncond_i is cond_i from VIDEO_START on (no BOS/text/SEP, as released and as the
-training-time CFG dropout). Rows are left-padded so their video parts share the same cache columns;
-padded keys are masked and positions count from each row's real start. logits = u + g (c - u).
+training-time CFG dropout), or `BOS negative-text SEP` + cond_i from VIDEO_START on with a negative
+prompt (`plan_generation(negative=...)`). Rows are left-padded so their video parts share the same cache
+columns; padded keys are masked and positions count from each row's real start. logits = u + g (c - u).
 guidance_scale 0 or 1 means no guidance: the uncond rows are not run at all (1 gives the conditional
 logits exactly; 0 is taken to mean "off" too, as in diffusers, not "unconditional").
 
@@ -234,9 +235,23 @@ def history_mask_indices(n: int, ratio: float, compat: bool = False) -> np.ndarr
 
 
 # ============================================================================================ sampling
-def gumbel_noise(shape, generator: torch.Generator, device=None) -> torch.Tensor:
-    """Standard Gumbel samples -log(-log u), u ~ U[0, 1) drawn from `generator` (both logs clamped at 1e-20)."""
-    u = torch.rand(shape, generator=generator, device=device)
+def random_draw(kind: str, shape, generator, device=None, dtype=torch.float32) -> torch.Tensor:
+    """`kind` "uniform" (U[0, 1)) or "exponential" (Exp(1)) samples of `shape`. generator: one
+    `torch.Generator` for the whole tensor, or a list of them, one per row (shape[0]): row i is then
+    drawn from generator i alone, exactly as it is drawn in a batch of one video."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise LumosError(f"{len(generator)} generators for {shape[0]} videos; give one per video")
+        return torch.cat([random_draw(kind, (1, *shape[1:]), g, device, dtype) for g in generator])
+    if kind == "uniform":
+        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    return torch.empty(shape, device=device, dtype=dtype).exponential_(1.0, generator=generator)
+
+
+def gumbel_noise(shape, generator, device=None) -> torch.Tensor:
+    """Standard Gumbel samples -log(-log u), u ~ U[0, 1) drawn from `generator` (both logs clamped at 1e-20);
+    a list of generators draws each row from its own (`random_draw`)."""
+    u = random_draw("uniform", shape, generator, device)
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 
 
@@ -268,7 +283,7 @@ def sample(probs: torch.Tensor, temperature: float, generator: torch.Generator) 
     picks code k with probability p_k, like torch.multinomial)."""
     if temperature == 0:
         return probs.argmax(-1)
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    race = random_draw("exponential", probs.shape, generator, probs.device, probs.dtype)
     return (probs / race).argmax(-1)
 
 
@@ -352,13 +367,16 @@ class Plan:
 
 
 def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, cfg: SampleConfig,
-                    device=None) -> Plan:
+                    device=None, negative: Sequence | None = None) -> Plan:
     """Lay out a batch of generations.
 
     prompts: one token prefix per output video, `vocab.build(text_ids, given_frames, duration=..,
         fps=.., complete=False)`: BOS text SEP VIDEO_START dur fps [given frames]. Every prefix must
         hold the same number of given frames (the video parts must line up in the cache).
-    num_frames: latent frames to generate after the given ones; h, w: latent grid."""
+    num_frames: latent frames to generate after the given ones; h, w: latent grid.
+    negative: None (the uncond rows start at VIDEO_START), or one text prefix per video, `vocab.text_turn(ids)`
+        = BOS negative-text SEP, put before the uncond row's VIDEO_START (left-padded like the cond rows);
+        no effect with guidance off."""
     vocab: Vocab = model.config.vocab
     if num_frames < 1:
         raise LumosError(f"nothing to generate: {num_frames} new latent frames requested")
@@ -381,13 +399,17 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
         given.append(parsed.frames if len(parsed.frames) else np.zeros((0, h, w), np.int64))
     if len({len(p) - s for p, s in zip(prefixes, starts)}) > 1 or len({len(g) for g in given}) > 1:
         raise LumosError("all videos of a batch need the same number of given frames")
+    if negative is not None and len(negative) != len(prefixes):
+        raise LumosError(f"{len(negative)} negative prompts for {len(prefixes)} videos")
+    negative = [np.asarray(x, np.int64).reshape(-1) for x in negative] if negative is not None and cfg.use_cfg else None
+    starts_all = starts + ([len(x) for x in negative] if negative else [])
     # Before anything the size of the layout: the frames to generate, the model's positions.
-    check_generation(model.config, cfg, max(starts) + vocab.VIDEO_HEADER, len(given[0]) + num_frames, h, w)
+    check_generation(model.config, cfg, max(starts_all) + vocab.VIDEO_HEADER, len(given[0]) + num_frames, h, w)
     new_frames = np.tile(vocab.masked_frame(h, w), num_frames)
     rows = [np.concatenate([p, new_frames]) for p in prefixes]
 
     n = len(rows)
-    lp = max(starts)                                           # VIDEO_START column of every row
+    lp = max(starts_all)                                       # VIDEO_START column of every row
     L = lp + len(rows[0]) - starts[0]
     B = 2 * n if cfg.use_cfg else n
     tokens = np.full((B, L), vocab.bos, np.int64)
@@ -395,9 +417,10 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
     for i, (r, s) in enumerate(zip(rows, starts)):
         pad[i] = lp - s
         tokens[i, pad[i]:] = r
-        if cfg.use_cfg:                                        # uncond twin: from VIDEO_START on
-            pad[n + i] = lp
-            tokens[n + i, lp:] = r[s:]
+        if cfg.use_cfg:                      # uncond twin: from VIDEO_START on (after the negative text, if any)
+            neg = negative[i] if negative is not None else r[:0]
+            pad[n + i] = lp - len(neg)
+            tokens[n + i, pad[n + i]:] = np.concatenate([neg, r[s:]])
 
     lf = vocab.frame_length(h, w)
     G = len(given[0])
@@ -465,27 +488,48 @@ def _check_finite(finite: torch.Tensor, f: int, frames: int, cfg: SampleConfig) 
                          f"guidance_scale {cfg.guidance_scale:g} is too large")
 
 
-def _generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+def _generator(generator, device: torch.device, n: int):
+    """The generator(s) of a decoding: one `torch.Generator` (None: freshly seeded) or a list of `n`, one per video."""
     if generator is None:
         generator = torch.Generator(device=device)
         generator.seed()
-    elif generator.device.type != device.type:
-        raise LumosError(f"the generator is on {generator.device} but decoding runs on {device}")
-    return generator
+    gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+    if isinstance(generator, (list, tuple)) and len(gens) != n:
+        raise LumosError(f"{len(gens)} generators for {n} videos; give one per video (or a single one)")
+    for g in gens:
+        if not isinstance(g, torch.Generator):
+            raise LumosError(f"a generator must be a torch.Generator, got {type(g).__name__}")
+        if g.device.type != device.type:
+            raise LumosError(f"the generator is on {g.device} but decoding runs on {device}")
+    return gens if isinstance(generator, (list, tuple)) else generator
+
+
+def _stop_requested(callback, f: int, s: int, ids: torch.Tensor, plan: "Plan") -> bool:
+    """Call a step callback with the frame's codes so far ([n, h, w], -1 where still masked) -> whether it
+    asks to stop."""
+    if callback is None:
+        return False
+    codes = torch.where(ids == plan.vocab.mask, -1, ids - plan.vocab.visual_offset).view(plan.n_cond, plan.h, plan.w)
+    return bool(callback(f, s, codes))
 
 
 @torch.inference_mode()
-def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generator | None = None, *,
+def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                   use_cache: bool = True, stats: Stats | None = None,
-                  progress: bool = False) -> Iterator[torch.Tensor]:
+                  progress: bool = False, callback=None) -> Iterator[torch.Tensor]:
     """Masked parallel decoding; yields the codes [n_cond, h, w] of each generated frame when it is done.
+
+    generator: a `torch.Generator`, or a list of n_cond (one per video: each row's randomness is drawn
+    from its own, so a video comes out as it would alone). callback(frame, step, codes [n, h, w] with -1
+    where still masked) runs after each refinement step; a true return stops the decoding there: the
+    frame is yielded if that was its last step, else dropped.
 
     use_cache=False recomputes the whole sequence at every step under the dense frame-causal mask,
     with the same history-masked copies of earlier frames in context (the reference's "V1" path; for
     checking the cache and for the speed comparison)."""
     vocab = plan.vocab
     device = plan.tokens.device
-    generator = _generator(generator, device)
+    generator = _generator(generator, device, plan.n_cond)
     B, L = plan.tokens.shape
     n, lf, N = plan.n_cond, plan.frame_len, plan.h * plan.w
     reps = B // n                                                # 2 with CFG (cond + uncond), else 1
@@ -510,6 +554,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
                 mask = frame_causal_mask(plan.fid[:, :e0], plan.valid[:, :e0])     # (B, 1, e0, e0)
                 pos = plan.pos.slice(0, e0)
             frame = ctx[:n, s0:e0].clone()                                          # (n, Lf)
+            stop = False
             finite = torch.ones((), dtype=torch.bool, device=device)
             for s in tqdm(range(cfg.num_inference_steps), desc=f"frame {f + 1}/{F}", unit="step",
                           disable=not progress, leave=False):
@@ -524,7 +569,13 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
                 ids = maskgit_step(logits, frame[:, plan.code_idx], counts[s], temps[f][s], cfg, generator,
                                    vocab)
                 frame.index_copy_(1, plan.code_idx, ids)
+                if stop := _stop_requested(callback, f, s, ids, plan):
+                    break
             _check_finite(finite, f, F, cfg)
+            if stop:
+                if s == cfg.num_inference_steps - 1:                # the frame was finished
+                    yield (frame[:, plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
+                return
             history = frame.clone()
             history[:, plan.hist_idx] = vocab.mask
             ctx[:, s0:e0] = history.repeat(reps, 1)
@@ -537,8 +588,8 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator: torch.Generat
 
 
 @torch.inference_mode()
-def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Generator | None = None, *,
-                    stats: Stats | None = None, progress: bool = False) -> Iterator[torch.Tensor]:
+def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator=None, *,
+                    stats: Stats | None = None, progress: bool = False, callback=None) -> Iterator[torch.Tensor]:
     """The next-token baseline on the same model: one code at a time in raster order, KV cache, CFG
     batched. Yields the codes [n_cond, h, w] of each frame.
 
@@ -546,10 +597,11 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Gener
     here) up to code j (a MASK whose logits predict it), e.g. [code, MASK], [code, NEWLINE, MASK] or,
     across frames, [code, NEWLINE, FRAME_END, FRAME_START, size, size, MASK], under a plain causal
     mask. A speed baseline: a model trained with AR-DF is not a next-token model, so expect poor
-    samples. No history masking (the cache holds the generated tokens)."""
+    samples. No history masking (the cache holds the generated tokens). generator and callback as in
+    `iter_parallel`; a step is one code (h*w steps per frame)."""
     vocab = plan.vocab
     device = plan.tokens.device
-    generator = _generator(generator, device)
+    generator = _generator(generator, device, plan.n_cond)
     B, L = plan.tokens.shape
     n = plan.n_cond
     reps = B // n
@@ -564,7 +616,8 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Gener
         for f in tqdm(range(F), desc="frames", unit="frame", disable=not progress, leave=False):
             s0 = plan.frame_starts[f]
             finite = torch.ones((), dtype=torch.bool, device=device)
-            for off in offsets:
+            stop = False
+            for j, off in enumerate(offsets):
                 c = s0 + off
                 q = cols[written:c + 1]
                 k = cols[: c + 1]
@@ -576,8 +629,13 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator: torch.Gener
                 codes, _ = sample_codes(logits, cfg, generator)
                 ctx[:, c] = (codes + vocab.visual_offset).repeat(reps)
                 written = c
+                if stop := _stop_requested(callback, f, j, ctx[:n, s0 + plan.code_idx], plan):
+                    break
             _check_finite(finite, f, F, cfg)
-            yield (ctx[:n, s0 + plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
+            if not stop or j == len(offsets) - 1:
+                yield (ctx[:n, s0 + plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
+            if stop:
+                return
     finally:
         model.clear_cache()
 
@@ -588,18 +646,21 @@ class Generation:
     forwards: int              # model forward passes used
 
 
-def generate(model, plan: Plan, cfg: SampleConfig, generator: torch.Generator | None = None, *,
-             mode: str = "parallel", progress: bool = False) -> Generation:
-    """Decode every frame of `plan`. mode: "parallel" (KV cache), "parallel-nocache", "next-token"."""
+def generate(model, plan: Plan, cfg: SampleConfig, generator=None, *,
+             mode: str = "parallel", progress: bool = False, callback=None) -> Generation:
+    """Decode every frame of `plan`. mode: "parallel" (KV cache), "parallel-nocache", "next-token".
+    generator, callback: as in `iter_parallel` (a callback's stop leaves fewer frames in the codes)."""
     stats = Stats()
     if mode == "next-token":
-        frames = iter_next_token(model, plan, cfg, generator, stats=stats, progress=progress)
+        frames = iter_next_token(model, plan, cfg, generator, stats=stats, progress=progress, callback=callback)
     elif mode in ("parallel", "parallel-nocache"):
         frames = iter_parallel(model, plan, cfg, generator, use_cache=mode == "parallel", stats=stats,
-                               progress=progress)
+                               progress=progress, callback=callback)
     else:
         raise LumosError(f"unknown decoding mode {mode!r}; expected one of {MODES}")
-    new = torch.stack(list(frames), dim=1)                                   # (n, F, h, w)
+    frames = list(frames)
+    new = (torch.stack(frames, dim=1) if frames else                         # (n, F, h, w)
+           torch.zeros((plan.n_cond, 0, plan.h, plan.w), dtype=torch.int64, device=plan.tokens.device))
     return Generation(codes=torch.cat([plan.given.to(new.device), new], dim=1), forwards=stats.forwards)
 
 

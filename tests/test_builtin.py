@@ -44,7 +44,7 @@ def test_prepare_train_export_generate(tmp_path):
     pipe = LumosPipeline.from_pretrained(out)
     assert pipe.defaults.prompt_template == prepared_with(data)["prompt_template"] == "{caption}"
     video = pipe("a red 3 moving left", num_inference_steps=2, generator=__import__("torch").Generator().manual_seed(0),
-                 progress=False)
+                 progress=False).frames[0]
     assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
 
     from lumos.world.demo import demo

@@ -131,7 +131,7 @@ class GroundTruthPipe:
         assert isinstance(generator, torch.Generator) and kwargs["num_frames"] == 17
         rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
         images = image if image is not None else [None] * len(prompt)
-        return [self._one(caption, img, rng) for caption, img in zip(prompt, images)]
+        return P.LumosPipelineOutput(frames=[self._one(caption, img, rng) for caption, img in zip(prompt, images)])
 
     def _one(self, caption, image, rng):
         (digit, colour, direction), = D.parse_caption(caption)
@@ -193,7 +193,7 @@ def test_evaluate_wrong_pipe_scores_low():
 def test_evaluate_refuses_a_pipe_returning_the_wrong_shape():
     class Small(GroundTruthPipe):
         def __call__(self, prompt, **kwargs):
-            return [v[:, :32] for v in super().__call__(prompt, **kwargs)]
+            return P.LumosPipelineOutput(frames=[v[:, :32] for v in super().__call__(prompt, **kwargs).frames])
     with pytest.raises(E.LumosError, match="expected uint8"):
         E.evaluate(Small(), E.build_items(2, 0, ("val",)), next_token_prompts=0, progress=False)
 

@@ -66,9 +66,9 @@ def gen(seed):
 # ============================================================================================ pipeline
 def test_text_to_video_shapes_seed_and_prompt():
     pipe = tiny_pipe()
-    a = pipe("a red 3 moving left", generator=gen(0), progress=False)
-    b = pipe("a red 3 moving left", generator=gen(0), progress=False)
-    c = pipe("a red 3 moving left", generator=gen(1), progress=False)
+    a = pipe("a red 3 moving left", generator=gen(0), progress=False).frames[0]
+    b = pipe("a red 3 moving left", generator=gen(0), progress=False).frames[0]
+    c = pipe("a red 3 moving left", generator=gen(1), progress=False).frames[0]
     assert a.dtype == np.uint8 and a.shape == (9, 16, 24, 3)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert pipe.text_tokenizer.texts[0] == ("Generate a video with a resolution of 24x16, consisting of 9 frames "
@@ -83,16 +83,16 @@ def test_text_to_video_shapes_seed_and_prompt():
     with pytest.raises(LumosError, match="pipeline defaults: prompt template '{prompt}' must contain"):
         PipelineDefaults(prompt_template="{prompt}")
     # 8 frames need the same 3 latent frames (9 decoded): the tail is cut
-    assert pipe("x", num_frames=8, generator=gen(0), progress=False).shape == (8, 16, 24, 3)
+    assert pipe("x", num_frames=8, generator=gen(0), progress=False).frames[0].shape == (8, 16, 24, 3)
 
 
 def test_codes_output_and_next_token_mode():
     pipe = tiny_pipe()
-    codes = pipe("a red 3 moving left", generator=gen(0), progress=False, output_type="codes")
-    video = pipe("a red 3 moving left", generator=gen(0), progress=False)
+    codes = pipe("a red 3 moving left", generator=gen(0), progress=False, output_type="codes").frames[0]
+    video = pipe("a red 3 moving left", generator=gen(0), progress=False).frames[0]
     assert codes.shape == (3, 2, 3) and codes.dtype == torch.int64
     assert np.array_equal(pipe.decode(codes, 9), video)
-    nt = pipe("a red 3 moving left", generator=gen(0), progress=False, mode="next-token", output_type="codes")
+    nt = pipe("a red 3 moving left", generator=gen(0), progress=False, mode="next-token", output_type="codes").frames[0]
     assert nt.shape == codes.shape and not torch.equal(nt, codes)
     with pytest.raises(LumosError, match="mode"):
         pipe("x", mode="ar")
@@ -102,7 +102,7 @@ def test_codes_output_and_next_token_mode():
 
 def test_text_to_image():
     pipe = tiny_pipe()
-    img = pipe("a red 3", num_frames=1, generator=gen(0), progress=False, num_inference_steps=3)
+    img = pipe("a red 3", num_frames=1, generator=gen(0), progress=False, num_inference_steps=3).frames[0]
     assert img.shape == (1, 16, 24, 3)
     assert "consisting of 1 frames at 1 frames per second" in pipe.text_tokenizer.texts[-1]
     s = pipe.settings(num_frames=1)
@@ -113,13 +113,13 @@ def test_image_to_video_and_continuation():
     pipe = tiny_pipe()
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)                  # resized + cropped to 24x16
-    out = pipe("it moves", image=image, num_frames=5, generator=gen(0), progress=False)
+    out = pipe("it moves", image=image, num_frames=5, generator=gen(0), progress=False).frames[0]
     assert out.shape == (5, 16, 24, 3)
     from lumos.media import resize_center_crop
     first = pipe.video_tokenizer.decode(pipe.video_tokenizer.encode(resize_center_crop(image[None], (24, 16))))
     assert np.array_equal(out[0], first[0].numpy())                             # the image leads the video
     video = rng.integers(0, 256, (7, 16, 24, 3), dtype=np.uint8)               # cut to 5 = 2 latent frames
-    out = pipe("it goes on", video=video, num_frames=13, generator=gen(0), progress=False)
+    out = pipe("it goes on", video=video, num_frames=13, generator=gen(0), progress=False).frames[0]
     assert out.shape == (13, 16, 24, 3)
     prefix = pipe.video_tokenizer.decode(pipe.video_tokenizer.encode(video[:5])).numpy()
     assert np.array_equal(out[:5], prefix)
@@ -129,10 +129,10 @@ def test_image_to_video_and_continuation():
 
 def test_batches_of_prompts_and_samples():
     pipe = tiny_pipe()
-    out = pipe(["a red 3", "a blue 7 moving up"], num_videos_per_prompt=2, generator=gen(0), progress=False)
+    out = pipe(["a red 3", "a blue 7 moving up"], num_videos_per_prompt=2, generator=gen(0), progress=False).frames
     assert isinstance(out, list) and len(out) == 4 and all(v.shape == (9, 16, 24, 3) for v in out)
     assert not np.array_equal(out[0], out[1])                                  # two samples of one prompt
-    one = pipe(["a red 3"], generator=gen(0), progress=False)
+    one = pipe(["a red 3"], generator=gen(0), progress=False).frames
     assert isinstance(one, list) and len(one) == 1
 
 
@@ -144,7 +144,7 @@ def test_stream_yields_frames_as_latent_frames_finish(task):
         kw["image"] = np.full((16, 24, 3), 200, np.uint8)
     chunks = list(pipe.stream("a red 3", generator=gen(3), progress=False, **kw))
     assert [len(c) for c in chunks] == [1, 4, 4]                                # latent frame 0, 1, 2
-    whole = pipe("a red 3", generator=gen(3), progress=False, **kw)
+    whole = pipe("a red 3", generator=gen(3), progress=False, **kw).frames[0]
     # exact: the same sampler passes, and the fake tokenizer decodes code by code (a conv decoder run on
     # a prefix of the latent frames has other shapes than on all of them: not bit-exact by construction)
     assert np.array_equal(np.concatenate(chunks), whole)

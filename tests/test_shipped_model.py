@@ -25,7 +25,7 @@ GOLDEN = [[949, 662, 662, 662, 662, 662, 654, 654], [710, 662, 670, 663, 88, 384
 
 def generate_codes():
     pipe = LumosPipeline.from_pretrained("moving-digits")
-    return pipe, pipe(PROMPT, generator=torch.Generator().manual_seed(0), output_type="codes", **SETTINGS)
+    return pipe, pipe(PROMPT, generator=torch.Generator().manual_seed(0), output_type="codes", **SETTINGS).frames[0]
 
 
 def print_golden():

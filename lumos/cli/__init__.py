@@ -35,24 +35,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"lumos: error: {message} (see `{self.prog} --help`)\n")
 
 
-def main(argv=None) -> int:
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in its help, except None and False (no value, an off switch): there the
+    help text says what happens."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse(argv: list[str]):
+    """-> (args, the module of the command, the parser). Only the command's own module is imported
+    (all of them for `lumos --help`). Refused flags exit with code 2 (`_Parser.error`)."""
     parser = _Parser(prog="lumos", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # Only import the module of the command being run (or all of them for --help).
     wanted = [a for a in argv if not a.startswith("-")][:1]
     modules = {}
     for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, formatter_class=_Help)
         if not wanted or wanted[0] == name:
             modules[name] = importlib.import_module(module)
             modules[name].add_arguments(p)
     args = parser.parse_args(argv)
-    if args.command is None:
+    return args, modules.get(args.command), parser
+
+
+def main(argv=None) -> int:
+    args, module, parser = parse(sys.argv[1:] if argv is None else list(argv))
+    if module is None:
         parser.print_help()
         return 2
     try:
-        return int(modules[args.command].run(args) or 0)
+        return int(module.run(args) or 0)
     except LumosError as e:
         print(f"lumos: error: {e}", file=sys.stderr)
         return 2

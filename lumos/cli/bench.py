@@ -1,8 +1,9 @@
 """`lumos bench`: forward passes and wall time of parallel (masked) decoding vs next-token decoding.
 
-    lumos bench                                  # tiny random model, 64x64 px -> 8x8 = 64 codes/frame, 4 frames, S=16
+    lumos bench                                  # the shipped model, 64x64 px -> 8x8 = 64 codes/frame, 4 frames, S=16
     lumos bench --threads 1                      # steadier numbers on a shared CPU
-    lumos bench --model lumos/assets/moving-digits --frames 5
+    lumos bench --model runs/digits/final --frames 5
+    lumos bench --preset tiny                    # a random model of a preset (lumos.config) instead
     lumos bench --preset bench-1b --device cuda --dtype bfloat16 --height 384 --width 672 --frames 7 \
         --num-inference-steps 50
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lumos.cli.flags import SettingFlags
+from lumos.cli.flags import SettingFlags, add_threads, apply_threads
 from lumos.cli.generate import DTYPES
 from lumos.sampling import SampleConfig, check_generation, check_seed, expected_forwards, generate, plan_generation
 from lumos.utils import LumosError
@@ -45,20 +46,19 @@ LABELS = {  # mode -> (label, formula)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint / pipeline folder or built-in model name (default: a random "
-                                   "model from --preset)")
-    p.add_argument("--preset", default="tiny", help="model preset when no --model is given (lumos.config)")
+    p.add_argument("--model", default="moving-digits", help="checkpoint / pipeline folder or built-in model name")
+    p.add_argument("--preset", help="time a model of this preset (lumos.config) with random weights instead of --model")
     p.add_argument("--height", type=int, default=64, help="pixels")
     p.add_argument("--width", type=int, default=64, help="pixels")
     p.add_argument("--patch", type=int, default=8, help="pixels per latent token (the tokenizer's spatial compression)")
     p.add_argument("--frames", type=int, default=4, help="latent frames to generate")
     p.add_argument("--text-len", type=int, default=16, help="prompt text tokens")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per mode (after one warm-up)")
-    p.add_argument("--modes", nargs="+", choices=list(LABELS), default=list(LABELS))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", nargs="+", choices=list(LABELS), default=list(LABELS), help="decoding modes to time")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights and compute")
+    add_threads(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt, the sampling and a --preset model's weights")
     SAMPLING.add(p.add_argument_group("sampling"))
 
 
@@ -129,14 +129,12 @@ def run(args) -> int:
     for name in ("height", "width", "patch", "frames", "text_len", "repeats"):
         if getattr(args, name) < 1:
             raise LumosError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise LumosError(f"--threads must be >= 1, got {args.threads}")
     check_seed(args.seed, "--seed")
     if args.height % args.patch or args.width % args.patch:
         raise LumosError(f"--height/--width {args.height}x{args.width} are not multiples of --patch {args.patch}")
     device, dtype = resolve_device(args.device, DTYPES[args.dtype])
     # What the video must fit (codebook, size tokens, positions) from the config alone, before a model is built.
-    model_dir = resolve_model(args.model) if args.model else None
+    model_dir = None if args.preset else resolve_model(args.model)
     config = checkpoint.read_config(model_dir) if model_dir else ModelConfig.from_name(args.preset)
     h, w = args.height // args.patch, args.width // args.patch
     g = config.vocab.grid_per_size
@@ -145,8 +143,7 @@ def run(args) -> int:
                          f"use --height/--width multiples of {g * args.patch}")
     check_generation(config, SampleConfig(**settings), args.text_len + 2 + config.vocab.VIDEO_HEADER, args.frames,
                      h, w)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if model_dir:
         model = LumosModel.from_pretrained(model_dir, device=device, dtype=dtype)
         name = str(args.model)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from lumos.cli.flags import SettingFlags
+from lumos.cli.flags import SettingFlags, add_threads, apply_threads
 from lumos.pipeline import LumosPipeline, resolve_device, resolve_model
 from lumos.sampling import SampleConfig, check_seed
 from lumos.utils import LumosError, check_output
@@ -39,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ceiling-clips", type=int, default=32,
                    help="ground-truth clips scored after a round trip through the video tokenizer (0: skip)")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true")
+    add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     SAMPLING.add(p.add_argument_group("sampling (default: the model's pipeline.json)"))
 
 
@@ -49,10 +47,9 @@ def check_args(args) -> tuple[list[str], dict]:
     for name in ("num_prompts", "num_i2v", "next_token_prompts", "ceiling_clips"):
         if getattr(args, name) < 0:
             raise LumosError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("batch_size", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise LumosError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.batch_size < 1:
+        raise LumosError(f"--batch-size must be >= 1, got {args.batch_size}")
+    apply_threads(args)
     settings = SAMPLING.read(args)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     if not sets or set(sets) - set(SETS):
@@ -67,8 +64,6 @@ def run(args) -> int:
     sets, settings = check_args(args)
     device, dtype = resolve_device(args.device)
     model_dir = resolve_model(args.model)            # a missing model fails before the classifier is fitted
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     items = build_items(args.num_prompts, args.num_i2v, sets)
     if not items:
         raise LumosError("no prompts to evaluate (--num-prompts 0 and no other set)")

@@ -13,7 +13,10 @@ import inspect
 import re
 from dataclasses import fields
 
+import torch
+
 from lumos.sampling import setting_types
+from lumos.utils import LumosError
 
 
 @functools.cache
@@ -53,8 +56,7 @@ class SettingFlags:
         for name in self.names:
             kind, _ = setting_types(self.cls)[name]
             default = None if self.defaults is None else getattr(self.defaults, name)
-            text = comments.get(name, "") + ("" if default is None else f" (default: {default})")
-            text = text.replace("%", "%%")                    # argparse formats help text with %
+            text = comments.get(name, "").replace("%", "%%")  # argparse formats help text with %
             if kind is bool:
                 parser.add_argument(*self.flags[name], dest=name, action=argparse.BooleanOptionalAction,
                                     default=default, help=text)
@@ -66,3 +68,31 @@ class SettingFlags:
         validator; an error names the flag as argparse does (`--num-inference-steps/--steps`)."""
         given = {n: getattr(args, n) for n in self.names if getattr(args, n) is not None}
         return self.cls.check(given, name=lambda n: "/".join(self.flags[n]))
+
+
+def add_threads(parser) -> None:
+    """`--threads`, for every command that runs work (`apply_threads` sets it)."""
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def apply_threads(args) -> None:
+    """Check `--threads` and set torch's CPU threads (nothing when it is not given)."""
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise LumosError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+
+
+def add_training_flags(parser, where: str, example: str) -> None:
+    """The flags both trainers share: `--resume`, `--restart`, `--set KEY=VALUE` (the strict TOML loader's
+    overrides, `lumos.train.config`) and `--threads`. where: the run folder as the help names it;
+    example: override examples for the help."""
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue from the newest checkpoint in {where}/checkpoints that loads")
+    parser.add_argument("--restart", action="store_true",
+                        help=f"start over at step 0 although {where} holds a run (its checkpoints and metrics "
+                             f"are replaced); with --resume: only if no checkpoint loads")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key; VALUE is TOML ({example}); repeatable")
+    add_threads(parser)

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 
+from lumos.cli.flags import add_training_flags, apply_threads
 from lumos.world.train_tokenizer import TrainTokenizerConfig, train_tokenizer
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", help="TOML config (see configs/tokenizer-moving-digits.toml)")
     parser.add_argument("--out", help="output folder (overrides out_dir in the config)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in OUT/checkpoints/ that loads")
-    parser.add_argument("--restart", action="store_true",
-                        help="start over although OUT holds checkpoints (they are deleted); with --resume: "
-                             "only if none loads")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key; VALUE is TOML (steps=200, model.levels=[8,5,5,5]); repeatable")
+    add_training_flags(parser, "OUT", "steps=200, model.levels=[8,5,5,5]")
 
 
 def run(args) -> int:
+    apply_threads(args)
     cfg = TrainTokenizerConfig.from_toml(args.config, args.overrides)
     if args.out:
         cfg = dataclasses.replace(cfg, out_dir=args.out)

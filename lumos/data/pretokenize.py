@@ -261,6 +261,7 @@ class _Context:
         meta = {"shard": k, "num_shards": self.plan["num_shards"], "rows": [rows[0][0], rows[-1][0] + 1],
                 "vocab": self.plan["vocab"], "digit_ids": self.plan["digit_ids"],
                 "temporal_compression": self.plan["temporal_compression"], "settings": self.plan["settings"],
+                "tokenizers": self.plan["tokenizers"], "prompt_template": VIDEO_PROMPT,
                 "records": records, "skipped": skipped}
         name = f".{shard_name(k)}.staged-{os.getpid()}" if staged else shard_name(k)
         write_shard(Path(self.cfg.out) / name, tokens, meta)
@@ -353,6 +354,8 @@ def _plan(cfg: TokenizeConfig, rows: list[dict]) -> dict:
     return {"vocab": vocab.to_dict(), "patch": patch, "digit_ids": text.digit_ids,
             "temporal_compression": vt["temporal_compression"], "settings": settings,
             "num_shards": math.ceil(len(rows) / cfg.shard_size),
+            # where the tokenizers are (not part of the settings: moving them is no reason to redo shards)
+            "tokenizers": {"text": str(Path(cfg.text_tokenizer).resolve()), "video": str(Path(cfg.tokenizer).resolve())},
             "root": str(Path(cfg.root) if cfg.root else Path(cfg.input).resolve().parent)}
 
 

@@ -5,12 +5,16 @@ A records folder (written by `lumos tokenize`, read by `RecordReader`):
     index.json                 {"format": "lumos-records", "version": 1,
                                 "vocab": Vocab.to_dict(), "digit_ids": [10 ids] | null,
                                 "temporal_compression": 4, "shards": [{"name", "records", "tokens"}],
-                                "num_records", "num_tokens", "num_shards", "complete", "missing_shards"}
+                                "num_records", "num_tokens", "num_shards", "complete", "missing_shards",
+                                "tokenizers": {"text": path, "video": path}, "prompt_template"}
+                               (the last two: what the records were made with, from the first shard's
+                               meta, when its writer recorded them; `lumos train` copies those tokenizers
+                               into its checkpoints)
     shard-00000/tokens.npy     uint32 [N]: the shard's records back to back (memory-mapped when read)
     shard-00000/offsets.npy    int64 [n + 1]: record j is tokens[offsets[j]:offsets[j + 1]]
     shard-00000/meta.json      {"shard", "num_shards", "vocab", "digit_ids", "temporal_compression",
-                                "settings", "records": [per-record meta], "skipped": [{"row", "path",
-                                "kind", "reason"}]}
+                                "settings", "tokenizers", "prompt_template", "records": [per-record meta],
+                                "skipped": [{"row", "path", "kind", "reason"}]}
 
 Per-record meta: id, row (in the input list), path, caption, frames (latent), grid [h, w] (latent),
 size [W, H] (pixels), fps, duration, num_frames_span ([a, b): the positions of the prompt's
@@ -114,11 +118,12 @@ def list_shards(root) -> list[Path]:
 def build_index(root, write: bool = True) -> dict:
     """(Re)build `index.json` from the finished shards under `root`; returns the index dict."""
     root = Path(root)
-    shards, vocab, digit_ids, tc, expected = [], None, None, None, None
+    shards, vocab, digit_ids, tc, expected, made_with = [], None, None, None, None, {}
     for folder in list_shards(root):
         meta = read_shard_meta(folder)
         if vocab is None:
             vocab, digit_ids, tc = meta["vocab"], meta.get("digit_ids"), meta.get("temporal_compression", 4)
+            made_with = {k: meta[k] for k in ("tokenizers", "prompt_template") if meta.get(k)}
         elif meta["vocab"] != vocab:
             raise LumosError(f"{folder}: written with a different vocabulary than the other shards in {root}")
         expected = meta.get("num_shards", expected)
@@ -135,7 +140,7 @@ def build_index(root, write: bool = True) -> dict:
              "temporal_compression": tc, "shards": shards,
              "num_records": sum(s["records"] for s in shards), "num_tokens": sum(s["tokens"] for s in shards),
              "num_shards": expected if expected is not None else len(shards),
-             "complete": not missing, "missing_shards": missing}
+             "complete": not missing, "missing_shards": missing, **made_with}
     if write:
         atomic_write_json(root / "index.json", index)
     return index

@@ -9,6 +9,9 @@ Cosmos-Tokenizer-DV4x8x8, TorchScript files) and the built-in `lumos.tokenizers.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,3 +55,20 @@ class VideoTokenizer:
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """int64 codes `[t, h, w]` -> uint8 video `[T', H, W, 3]`."""
         raise NotImplementedError
+
+    def save_pretrained(self, folder) -> Path:
+        """Write the tokenizer into `folder` so that `lumos.tokenizers.load_video_tokenizer(folder)` loads it."""
+        raise LumosError(f"{type(self).__name__} cannot save itself; give a tokenizer folder instead")
+
+
+def copy_file(src, dst) -> Path:
+    """`src` -> `dst` without a symlink: a hard link when both are on one filesystem (no bytes copied; a
+    later atomic rewrite of `src` leaves `dst` as it was), else a copy. `dst` is replaced."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst

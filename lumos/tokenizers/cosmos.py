@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lumos.utils import LumosError, first_line
-from lumos.tokenizers.base import VideoTokenizer
+from lumos.tokenizers.base import VideoTokenizer, copy_file
 
 ENCODER_FILE = "encoder.jit"
 DECODER_FILE = "decoder.jit"
@@ -69,6 +69,14 @@ class CosmosTokenizer(VideoTokenizer):
 
     def __repr__(self):
         return f"CosmosTokenizer({str(self.path)!r}, device={str(self.device)!r}, dtype={self.dtype})"
+
+    def save_pretrained(self, folder) -> Path:
+        """Copy the TorchScript files of this tokenizer's folder (those it has) into `folder`."""
+        folder = Path(folder)
+        for name in (ENCODER_FILE, DECODER_FILE):
+            if (self.path / name).is_file():
+                copy_file(self.path / name, folder / name)
+        return folder
 
     @torch.no_grad()
     def encode(self, video) -> torch.Tensor:

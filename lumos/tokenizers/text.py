@@ -61,6 +61,12 @@ class TextTokenizer:
         enc = self.tok.encode(text, add_special_tokens=False)
         return enc.ids, [tuple(o) for o in enc.offsets]
 
+    def save_pretrained(self, path) -> Path:
+        """Copy the tokenizer's JSON file to `path` (a file name, e.g. a pipeline folder's text_tokenizer.json)."""
+        from lumos.tokenizers.base import copy_file
+
+        return copy_file(self.path, path)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 

@@ -356,8 +356,8 @@ class VQTokenizer(VideoTokenizer, nn.Module):
         return self.decode_batch(codes[None])[0]
 
     # -- files -------------------------------------------------------------------------------------
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        """Write `vq_config.json` and `vq.safetensors` (each atomically) into `out_dir`."""
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write `vq_config.json` and `vq.safetensors` (each atomically) into `out_dir`; returns it."""
         from safetensors.torch import save
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,6 +365,7 @@ class VQTokenizer(VideoTokenizer, nn.Module):
         with atomic_write(out_dir / WEIGHTS_FILE) as f:
             f.write(save(state, metadata={"format": "lumos-vq"}))
         atomic_write_json(out_dir / CONFIG_FILE, asdict(self.cfg))
+        return out_dir
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "VQTokenizer":

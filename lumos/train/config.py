@@ -119,6 +119,10 @@ class TrainConfig(TomlConfig):
     data: list = field(default_factory=list)       # record folders (`lumos tokenize`); several = mixed (joint)
     synthetic: dict = field(default_factory=dict)  # SyntheticVideos arguments, used when `data` is empty
     batch: BatchOptions = field(default_factory=BatchOptions)  # [batch]: frames, AR-DF masks, CFG dropout, padding
+    # the tokenizers the data was made with, copied into every checkpoint (each is a pipeline folder,
+    # lumos.train.outputs); "" = the ones the records' index names (none for synthetic data)
+    text_tokenizer: str = ""           # text_tokenizer.json
+    video_tokenizer: str = ""          # video tokenizer folder (Cosmos .jit files or vq_config.json)
     # objective (lumos.train.loss)
     z_loss_weight: float = 0.0         # weight of mean(logsumexp^2) (released: 0)
     loss_chunk: int = 1024             # target positions per logits chunk of the loss

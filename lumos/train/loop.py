@@ -27,8 +27,9 @@ and after it `train` logs and, every `checkpoint_every` steps, checkpoints.
 Outputs in `out_dir`, written from the end of the first step on (a run that fails before leaves nothing):
     train_config.json              the config of the run
     metrics.jsonl, tb/             one line / scalars per step: loss, per-frame loss, lr, grad norm, tokens/s
-    checkpoints/step-000100/       atomic, with a manifest (lumos.train.checkpoints); the weights in
-                                   model/ load with LumosModel.from_pretrained(".../model")
+    checkpoints/step-000100/       atomic, with a manifest (lumos.train.checkpoints); model/ is a pipeline
+                                   folder (weights, tokenizers, pipeline.json, model card: lumos.train.outputs)
+    latest.json                    the newest complete checkpoint: `lumos generate --model out_dir` uses it
 
 Crashes: a run killed at any moment resumes with --resume, bit for bit. A checkpoint that does not
 load (damaged manifest, optimizer or RNG file) is reported and the one before it is used; leftovers of
@@ -51,6 +52,7 @@ from lumos.train.checkpoints import (changed_settings, clean_checkpoints, has_hi
                                     resume_checkpoint, save_checkpoint, step_folders)
 from lumos.train.config import TrainConfig
 from lumos.train.log import Logger
+from lumos.train.outputs import LATEST, RunPipeline, write_latest
 from lumos.train.loss import masked_visual_loss
 from lumos.train.runtime import Runtime, all_reduce_sum, close_runtime, setup_runtime
 from lumos.utils import LumosError, atomic_write_json, check_output
@@ -68,6 +70,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False) -> list
 
     # 1. data and model (nothing is written into out_dir before the first step is done)
     source, mcfg = open_data(cfg)
+    run_pipeline = RunPipeline.plan(cfg, source, mcfg)     # a checkpoint is a pipeline folder (lumos.train.outputs)
     micro_bs = cfg.micro_batch_size or cfg.batch_size // rt.world
     if micro_bs < 1 or cfg.batch_size % (micro_bs * rt.world):
         raise LumosError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size {micro_bs} x "
@@ -93,8 +96,16 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False) -> list
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
             meta = {"samples_seen": (step + 1) * cfg.batch_size, "lr_next": cfg.lr_at(step + 1),
                     "train_config": cfg.to_dict(), "model_config": mcfg.to_dict()}
-            save_checkpoint(ckpt_root, step + 1, model, optimizer, rt, meta=meta, keep=cfg.keep_checkpoints,
-                            save_weights=lambda f: save_weights(f, model, core, rt))
+
+            def save_model(folder: Path, step=step + 1, meta=meta):
+                save_weights(folder, model, core, rt)
+                if rt.rank == 0:
+                    run_pipeline.write(folder, step, meta, cfg.out_dir)
+
+            ckpt = save_checkpoint(ckpt_root, step + 1, model, optimizer, rt, meta=meta, keep=cfg.keep_checkpoints,
+                                   save_weights=save_model)
+            if rt.rank == 0:
+                write_latest(out, ckpt, step + 1)
 
     logger.close()
     close_runtime(rt)
@@ -131,11 +142,13 @@ def _begin(out: Path, ckpt_root: Path, cfg: TrainConfig, fresh: bool) -> None:
     """Rank 0, once the first step is done: the run's config; leftovers of killed jobs removed; on a
     fresh start (allowed over an old run only with restart), the old checkpoints deleted."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("train_config.json", "metrics.jsonl"):     # atomic_write's temporary files of a killed job
+    for name in ("train_config.json", "metrics.jsonl", LATEST):     # atomic_write's temporary files of a killed job
         for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
     atomic_write_json(out / "train_config.json", cfg.to_dict())
     clean_checkpoints(ckpt_root)
+    if fresh:                                              # the old run's pointer goes with its checkpoints
+        (out / LATEST).unlink(missing_ok=True)
     for _, old in step_folders(ckpt_root) if fresh else ():
         remove_folder(old)
 
@@ -176,8 +189,9 @@ def train_step(step: int, model, core, optimizer, batcher: Batcher, micro_bs: in
 
 def _warn_changed(path: Path, cfg: TrainConfig, rt: Runtime) -> None:
     """Resuming with other settings is allowed (e.g. more max_steps) but no longer reproduces the
-    original run: say which keys changed."""
-    changed = [k for k in changed_settings(read_state(path)["train_config"], cfg.to_dict()) if k != "out_dir"]
+    original run: say which keys changed (a key newer than the checkpoint, left empty, is no change)."""
+    saved, now = read_state(path)["train_config"], cfg.to_dict()
+    changed = [k for k in changed_settings(saved, now) if k != "out_dir" and (k in saved or now[k])]
     if changed and rt.rank == 0:
         print(f"lumos train: resuming {path.name} with changed settings: {', '.join(changed)}", file=sys.stderr)
 

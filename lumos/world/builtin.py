@@ -7,7 +7,8 @@ The whole recipe, on 2 CPU cores (times in the README):
     lumos train configs/moving-digits.toml                           # 3. the transformer (AR-DF)
     lumos train configs/moving-digits-stage2.toml                    # 4. 1,200 more steps, lower LR
     lumos train configs/moving-digits-stage3.toml                    # 5. 3,600 more steps, LR 1e-3 again
-    lumos builtin export runs/moving-digits-stage3                   # 6. into lumos/assets/moving-digits
+    lumos builtin export runs/moving-digits-stage3 --into-package \\
+        --eval docs/eval-moving-digits.json                          # 6. into lumos/assets/moving-digits
 
 Step 2 renders clips of the "train" split in memory (`lumos.world.digits`), encodes them with the built-in
 video tokenizer in batches, and writes records in the format of `lumos.data.records` (what `lumos tokenize`
@@ -27,8 +28,8 @@ are in the video header anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from lumos.pipeline import PipelineDefaults
-from lumos.utils import LumosError, atomic_dir, atomic_write_json, check_output, first_line
+from lumos.utils import LumosError, atomic_write_json, check_output, first_line
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "moving-digits"
 PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
@@ -161,19 +162,26 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
                                                                             int(codes[t].shape[2])]})
         write_shard(out / "train" / shard_name(k), tokens, {
             "vocab": vocab.to_dict(), "digit_ids": text.digit_ids, "temporal_compression": vt.temporal_compression,
-            "num_shards": n_shards, "records": records})
+            "num_shards": n_shards, "prompt_template": PROMPT_TEMPLATE, "records": records,
+            "tokenizers": {"text": str(text_path.resolve()), "video": str(Path(tokenizer).resolve())}})
     build_index(out / "train")
     return out
 
 
-def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | Path = ASSET,
-           tokenizer: str | Path = ASSET / "tokenizer") -> Path:
-    """Copy a training run's newest checkpoint (bf16 weights), the text tokenizer, the video tokenizer
-    and the generation defaults into a pipeline folder (`LumosPipeline.from_pretrained(out)`)."""
+def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | Path | None = None,
+           tokenizer: str | Path = ASSET / "tokenizer", eval_report: str | Path | None = None) -> Path:
+    """A training run's newest checkpoint (bf16 weights) with the text tokenizer, the video tokenizer and
+    the generation defaults -> the pipeline folder `out` (`LumosPipeline.save_pretrained`: with
+    provenance.json and a model card, holding the table of the `lumos eval` report.json `eval_report`).
+    `out` must be given: the package's own folder (ASSET) is replaced only when named."""
     from lumos.model import LumosModel
+    from lumos.pipeline import LumosPipeline
     from lumos.tokenizers import load_video_tokenizer
+    from lumos.tokenizers.text import TextTokenizer
     from lumos.train.checkpoints import list_checkpoints, read_state
 
+    if out is None:
+        raise LumosError(f"export: give --out FOLDER, or --into-package to replace the built-in model in {ASSET}")
     found = list_checkpoints(Path(run) / "checkpoints")
     if not found:
         raise LumosError(f"{run}: no finished checkpoint to export")
@@ -184,18 +192,60 @@ def export(run: str | Path, data: str | Path = "data/moving-digits", out: str | 
     if not text.is_file():
         raise LumosError(f"{text}: missing; was {data} written by `lumos builtin prepare`?")
     out = check_output(out, "--out", folder=True)
-    load_video_tokenizer(tokenizer)                        # a tokenizer folder that loads, checked up front
+    table = eval_table(eval_report) if eval_report else None
+    vt = load_video_tokenizer(tokenizer)                   # a tokenizer folder that loads, checked up front
     ckpt = found[-1][1]
-    model = LumosModel.from_pretrained(ckpt / "model")
-    tokenizer = Path(tokenizer)
-    keep_tokenizer = tokenizer.resolve() == (out / "tokenizer").resolve()
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, dtype=torch.bfloat16)
-        shutil.copy(text, tmp / "text_tokenizer.json")
-        shutil.copytree(tokenizer, tmp / "tokenizer")
-        atomic_write_json(tmp / "pipeline.json", {**SAMPLING, "prompt_template": stamp["prompt_template"]})
-        state = read_state(ckpt)                       # list_checkpoints read it: a dict with the run's config
-        init_from = (state.get("train_config") or {}).get("init_from", "")
-        atomic_write_json(tmp / "provenance.json", {"checkpoint": str(ckpt), "step": state.get("step"),
-                                                    "init_from": init_from or None, "kept_tokenizer": keep_tokenizer})
-    return out
+    state = read_state(ckpt)                               # list_checkpoints read it: a dict with the run's config
+    init_from = (state.get("train_config") or {}).get("init_from", "")
+    provenance = {"checkpoint": str(ckpt), "step": state.get("step"), "init_from": init_from or None,
+                  "kept_tokenizer": Path(tokenizer).resolve() == (out / "tokenizer").resolve()}
+    defaults = PipelineDefaults(**{**SAMPLING, "prompt_template": stamp["prompt_template"]})
+    pipe = LumosPipeline(LumosModel.from_pretrained(ckpt / "model"), TextTokenizer(text), vt, defaults)
+    return pipe.save_pretrained(out, dtype=torch.bfloat16, provenance=provenance, eval_table=table,
+                                training=training_text(provenance))
+
+
+def training_text(provenance: dict) -> str:
+    """How the built-in model was trained: the recipe (module docstring) and what its provenance says."""
+    from lumos.pipeline import LumosPipeline
+
+    return ("The recipe of `lumos.world.builtin` on CPU: a 4x8x8 FSQ video tokenizer "
+            "(configs/tokenizer-moving-digits.toml), 20,000 rendered clips and still images of the Moving Digits "
+            "train split tokenized with it (`lumos builtin prepare`), then the transformer in three stages "
+            "(configs/moving-digits.toml, -stage2.toml, -stage3.toml; AR-DF, joint text-to-video / text-to-image). "
+            "The prompt is the bare caption. Last stage: " + LumosPipeline.training_summary(provenance))
+
+
+def eval_table(report: str | Path) -> str:
+    """The Markdown table of a `lumos eval` report.json (its settings line, then `format_markdown`)."""
+    from lumos.world.evaluate import format_markdown
+
+    try:
+        r = json.loads(Path(report).read_text(encoding="utf-8"))
+        head = f"seed {r['seed']}; settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        return head + "\n\n" + format_markdown(r)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LumosError(f"{report}: not a `lumos eval` report.json ({first_line(e)})") from None
+
+
+def write_card(folder: str | Path = ASSET, eval_report: str | Path | None = None) -> Path:
+    """(Re)write only the model card (README.md) of the exported pipeline folder `folder` from its own
+    files (config.json, pipeline.json, tokenizers, provenance.json) and the `lumos eval` report.json
+    `eval_report`; weights, tokenizers and pipeline.json are left as they are."""
+    from lumos.checkpoint import read_config
+    from lumos.pipeline import LumosPipeline
+    from lumos.tokenizers import load_video_tokenizer
+    from lumos.tokenizers.text import TextTokenizer
+    from lumos.utils import atomic_write
+
+    folder = Path(folder)
+    provenance = json.loads((folder / "provenance.json").read_text()) if (folder / "provenance.json").is_file() else None
+    defaults = PipelineDefaults.from_file(folder / "pipeline.json")
+    card = LumosPipeline.model_card(folder.name, read_config(folder), dataclasses.asdict(defaults),
+                                    TextTokenizer(folder / "text_tokenizer.json"),
+                                    load_video_tokenizer(folder / "tokenizer"), provenance=provenance,
+                                    training=training_text(provenance or {}),
+                                    eval_table=eval_table(eval_report) if eval_report else None)
+    with atomic_write(folder / "README.md", "w") as f:
+        f.write(card)
+    return folder / "README.md"

@@ -43,7 +43,7 @@ def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True
             if not is_held_out(d, c, m):
                 raise LumosError(f"the demo's held-out prompt {prompt!r} is not a held-out combination")
         t = time.perf_counter()
-        video = pipe(prompt, image=image, generator=torch.Generator().manual_seed(seed), progress=progress)
+        video = pipe(prompt, image=image, generator=torch.Generator().manual_seed(seed), progress=progress).frames[0]
         seconds = time.perf_counter() - t
         fps = pipe.defaults.fps
         for ext in ("gif", "mp4"):
@@ -55,7 +55,7 @@ def demo(out="demo", model="moving-digits", seed: int = 0, progress: bool = True
                                                  "frames": int(video.shape[0]), "seconds": round(seconds, 3)})
         print(f"{name:8s} {prompt!r}: {video.shape[0]} frames in {seconds:.2f} s -> {out / name}.gif/.mp4")
     t = time.perf_counter()
-    image = pipe("a yellow 7", num_frames=1, generator=torch.Generator().manual_seed(seed), progress=progress)
+    image = pipe("a yellow 7", num_frames=1, generator=torch.Generator().manual_seed(seed), progress=progress).frames[0]
     write_image(out / "t2i.png", image)
     print(f"t2i      'a yellow 7': 1 image in {time.perf_counter() - t:.2f} s -> {out / 't2i.png'}")
     written.append(out / "t2i.png")

@@ -136,7 +136,7 @@ def evaluate(pipe, items: list[Item], seed: int = 0, *, batch_size: int = 8, nex
         images = [it.image for it in batch] if SETS[set_index] == "i2v" else None
         t0 = time.perf_counter()
         videos = pipe([it.caption for it in batch], image=images, generator=_generator(seed, set_index, b),
-                      progress=False, **kwargs)
+                      progress=False, **kwargs).frames
         seconds = (time.perf_counter() - t0) / len(batch)
         per_video_s += [seconds] * len(batch)
         for k, (it, v) in enumerate(zip(batch, videos)):
