@@ -239,9 +239,7 @@ def random_draw(kind: str, shape, generator, device=None, dtype=torch.float32) -
     """`kind` "uniform" (U[0, 1)) or "exponential" (Exp(1)) samples of `shape`. generator: one
     `torch.Generator` for the whole tensor, or a list of them, one per row (shape[0]): row i is then
     drawn from generator i alone, exactly as it is drawn in a batch of one video."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise LumosError(f"{len(generator)} generators for {shape[0]} videos; give one per video")
+    if isinstance(generator, (list, tuple)):                # one per row: counted by `_generator`
         return torch.cat([random_draw(kind, (1, *shape[1:]), g, device, dtype) for g in generator])
     if kind == "uniform":
         return torch.rand(shape, generator=generator, device=device, dtype=dtype)
@@ -629,7 +627,8 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                 codes, _ = sample_codes(logits, cfg, generator)
                 ctx[:, c] = (codes + vocab.visual_offset).repeat(reps)
                 written = c
-                if stop := _stop_requested(callback, f, j, ctx[:n, s0 + plan.code_idx], plan):
+                if callback is not None and (                       # no gather per code without one
+                        stop := _stop_requested(callback, f, j, ctx[:n, s0 + plan.code_idx], plan)):
                     break
             _check_finite(finite, f, F, cfg)
             if not stop or j == len(offsets) - 1:

@@ -301,12 +301,15 @@ class Vocab:
         """Frame segment of every token: k for the tokens of the k-th FRAME_START..FRAME_END segment
         (both markers included), -1 outside frames. tokens: [B, L] -> [B, L] int64.
         Marker counts only (two cumsums): the attention masks need nothing more."""
+        return self._segment_of((tokens == self.frame_start).long().cumsum(dim=1) - 1, tokens)
+
+    def _segment_of(self, latest: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """`frame_ids` from `latest` (index of the latest FRAME_START so far, -1 before the first)."""
         import torch  # here, not at the top: the numpy half of this module serves data code that needs no torch
 
-        opened = (tokens == self.frame_start).long().cumsum(dim=1)              # frames opened so far (inclusive)
         is_end = (tokens == self.frame_end).long()
         closed_before = is_end.cumsum(dim=1) - is_end                            # frames closed strictly before
-        return torch.where(opened > closed_before, opened - 1, torch.full_like(opened, -1))
+        return torch.where(latest + 1 > closed_before, latest, torch.full_like(latest, -1))
 
     def frame_segments(self, tokens: torch.Tensor) -> FrameSegments:
         """Where every token sits relative to the frames (`FrameSegments`). tokens: [B, L] int64."""
@@ -324,7 +327,7 @@ class Vocab:
         for n in sizes:
             ok &= (n > 0) & (n <= self.max_size)
         rows, cols = (torch.where(ok, n * self.grid_per_size, torch.zeros_like(n)) for n in sizes)
-        return FrameSegments(frame=self.frame_ids(tokens), latest=latest, start=start,
+        return FrameSegments(frame=self._segment_of(latest, tokens), latest=latest, start=start,
                              offset=col - start - self.FRAME_HEADER, rows=rows, cols=cols)
 
     # ---------------------------------------------------------------------------------- parser
