@@ -129,6 +129,14 @@ def clean_checkpoints(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def reset_checkpoints(root: Path, fresh: bool) -> None:
+    """At a run's start (rank 0): `clean_checkpoints`, and on a fresh start (over an old run only with
+    --restart) every old checkpoint removed too, each renamed out of the listed names first."""
+    clean_checkpoints(root)
+    for _, old in step_folders(root) if fresh else ():
+        remove_folder(old)
+
+
 def has_history(out: Path, root: Path) -> str | None:
     """What in the run folder `out` a fresh start would overwrite (a metrics.jsonl with lines, or
     checkpoint folders under `root`), as words for a message; None if nothing."""

@@ -48,8 +48,8 @@ import torch
 
 from lumos.train.batches import Batcher
 from lumos.train.build import build_model, load_weights, open_data, save_weights
-from lumos.train.checkpoints import (changed_settings, clean_checkpoints, has_history, read_state, remove_folder,
-                                    resume_checkpoint, save_checkpoint, step_folders)
+from lumos.train.checkpoints import (changed_settings, has_history, read_state, reset_checkpoints,
+                                    resume_checkpoint, save_checkpoint)
 from lumos.train.config import TrainConfig
 from lumos.train.log import Logger
 from lumos.train.outputs import LATEST, RunPipeline, write_latest
@@ -146,11 +146,9 @@ def _begin(out: Path, ckpt_root: Path, cfg: TrainConfig, fresh: bool) -> None:
         for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
     atomic_write_json(out / "train_config.json", cfg.to_dict())
-    clean_checkpoints(ckpt_root)
     if fresh:                                              # the old run's pointer goes with its checkpoints
         (out / LATEST).unlink(missing_ok=True)
-    for _, old in step_folders(ckpt_root) if fresh else ():
-        remove_folder(old)
+    reset_checkpoints(ckpt_root, fresh)
 
 
 def train_step(step: int, model, core, optimizer, batcher: Batcher, micro_bs: int, cfg: TrainConfig,

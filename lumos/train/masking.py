@@ -76,7 +76,7 @@ def frame_layout(tokens: torch.Tensor, vocab: Vocab) -> FrameLayout:
     body = (seg.frame >= 0) & (seg.offset >= 0) & (tokens != vocab.frame_end)
     frame = torch.where(body, seg.frame, torch.full_like(seg.frame, -1))
     offset = torch.where(body, seg.offset, torch.full_like(seg.offset, -1))
-    num_frames = (tokens == vocab.frame_start).sum(1)
+    num_frames = seg.latest[:, -1] + 1 if tokens.shape[1] else torch.zeros(len(tokens), dtype=torch.long)
     body_len = ((frame == 0).sum(1))                                              # (B,) length of frame 0
     if not torch.equal(body.sum(1), body_len * num_frames):
         bad = int(torch.nonzero(body.sum(1) != body_len * num_frames)[0])

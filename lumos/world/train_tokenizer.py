@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lumos.tokenizers.vq import WEIGHTS_FILE, VQConfig, VQTokenizer, count_parameters, load_weights, video_psnr
-from lumos.train.checkpoints import (changed_settings, clean_checkpoints, read_state, remove_folder,
-                                    resume_checkpoint, save_checkpoint, step_folders)
+from lumos.train.checkpoints import (changed_settings, read_state, reset_checkpoints, resume_checkpoint,
+                                    save_checkpoint, step_folders)
 from lumos.train.config import TomlConfig
 from lumos.train.lr import get_lr
 from lumos.train.runtime import single_process
@@ -212,9 +212,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig, resume: bool = False, progress: b
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     start = _resume(out_dir, model, opt, cfg, resume, restart)
     n_params = count_parameters(model)
-    clean_checkpoints(out_dir / CHECKPOINTS)           # leftovers of a killed save or prune
-    for _, old in step_folders(out_dir / CHECKPOINTS) if start == 0 else ():
-        remove_folder(old)                             # --restart: the old run's checkpoints
+    reset_checkpoints(out_dir / CHECKPOINTS, fresh=start == 0)   # leftovers; on --restart the old checkpoints
 
     t0 = time.time()
     model.train()
@@ -269,8 +267,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig, resume: bool = False, progress: b
     })
     atomic_write_json(out_dir / "metrics.json", metrics)
     if not cfg.keep_checkpoint:
-        for _, old in step_folders(out_dir / CHECKPOINTS):   # each out of the listed names first
-            remove_folder(old)
+        reset_checkpoints(out_dir / CHECKPOINTS, fresh=True)   # each out of the listed names first
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     return metrics
 
