@@ -527,7 +527,11 @@ class LumosPipeline:
         """One video's codes -> its entry of `LumosPipelineOutput.frames` by output_type."""
         if output_type == "codes":
             return codes.cpu()
-        frames = self.decode(codes, num_frames)
+        return self._as(self.decode(codes, num_frames), output_type)
+
+    @staticmethod
+    def _as(frames: np.ndarray, output_type: str):
+        """uint8 frames [T, H, W, 3] in the pixel output_type "np", "pt" or "pil"."""
         if output_type == "pt":
             return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
         if output_type == "pil":
@@ -546,32 +550,45 @@ class LumosPipeline:
         return on_step
 
     def stream(self, prompt, image=None, video=None, *, negative_prompt=None, generator=None,
-               num_videos_per_prompt: int = 1, progress: bool | None = None, **settings) -> Iterator:
-        """Like `__call__`, but yields the new pixel frames as soon as each latent frame is done: uint8
-        [t, H, W, 3] (a list of them for a batch), first for the given frames (if any), then for each
-        generated latent frame. Concatenated, they hold `__call__`'s codes for the same generator; the
+               num_videos_per_prompt: int = 1, progress: bool | None = None, output_type: str = "np",
+               callback_on_step_end=None, **settings) -> Iterator:
+        """Like `__call__`, but yields the new frames as soon as each latent frame is done (a list of them
+        for a batch), first for the given frames (if any), then for each generated latent frame:
+        output_type "np" uint8 [t, H, W, 3], "pt", "pil" as in `__call__`, or "codes" (the new latent
+        codes [k, h, w]). Concatenated, they hold `__call__`'s codes for the same generator; the
         pixels agree up to float rounding (a pixel may differ by one level: see below).
+        `callback_on_step_end` as in `__call__`: setting `pipe._interrupt` ends the stream after the
+        last finished latent frame.
 
         A causal tokenizer decodes the frames of a prefix of latent frames as it decodes them in the
         whole video (up to the summation order of convolutions of another length), so each yield
         decodes the latent frames so far and keeps the frames not yet yielded (quadratic in frames; a streaming
         decoder with its own cache would make it linear)."""
+        if output_type not in OUTPUT_TYPES:
+            raise LumosError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         s, plan, single = self.prepare(prompt, image, video, num_videos_per_prompt, settings, negative_prompt)
+        self._interrupt = False
         codes = plan.given.cpu()                                             # (n, G, h, w)
         emitted = 0
 
-        def new_frames():
+        def new_frames(new: torch.Tensor):                                   # new: (n, k, h, w), just added
             nonlocal emitted
-            videos = [self.decode(c, s.num_frames)[emitted:] for c in codes]
-            emitted += len(videos[0])
+            if output_type == "codes":
+                videos = list(new)
+            else:
+                videos = [self.decode(c, s.num_frames)[emitted:] for c in codes]
+                emitted += len(videos[0])
+                videos = [self._as(v, output_type) for v in videos]
             return videos[0] if single else videos
 
         if codes.shape[1]:
-            yield new_frames()
+            yield new_frames(codes)
         for frame in iter_parallel(self.model, plan, s.sample, self.device_generator(generator, plan.n_cond),
-                                   progress=self._progress(progress)):
-            codes = torch.cat([codes, frame.cpu()[:, None]], dim=1)
-            yield new_frames()
+                                   progress=self._progress(progress),
+                                   callback=self._step_callback(callback_on_step_end)):
+            new = frame.cpu()[:, None]
+            codes = torch.cat([codes, new], dim=1)
+            yield new_frames(new)
 
     # ------------------------------------------------------------------------------------------ saving
     def save_pretrained(self, path, dtype: torch.dtype | None = torch.bfloat16, *, provenance: dict | None = None,

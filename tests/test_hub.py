@@ -202,9 +202,11 @@ def test_cli_generates_from_a_repo_id(cache, tmp_path, capsys, no_network):
     assert main(args) == 0, capsys.readouterr().err
     m = json.loads(out.with_suffix(".json").read_text())
     assert m["model"] == REPO and m["model_path"] == str(root / "snapshots" / MAIN / SUB) and m["frames"] == 9
+    assert (m["subfolder"], m["revision"]) == (SUB, None)
     assert loaded["text"] == root / "snapshots" / MAIN / "tokenizer" / "text_tokenizer.json"
     assert main(args[:-4] + ["--out", str(out.with_name("v2.mp4")), "--revision", "v2"]) == 0
-    assert json.loads(out.with_name("v2.json").read_text())["model_path"] == str(root / "snapshots" / V2 / SUB)
+    m = json.loads(out.with_name("v2.json").read_text())
+    assert m["model_path"] == str(root / "snapshots" / V2 / SUB) and (m["subfolder"], m["revision"]) == (SUB, "v2")
     capsys.readouterr()
     assert main(["generate", "--model", "lumos-test/absent", "--prompt", "x", "--out", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

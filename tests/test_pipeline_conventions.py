@@ -108,6 +108,27 @@ def test_callback_stops_after_a_frame():
     assert not pipe.interrupt and len(steps) == 3 * 6
 
 
+def test_stream_takes_output_type_and_the_step_callback():
+    pipe = tiny_pipe()
+    full = codes_of(pipe, generator=gen(0))[0]                                  # 3 latent frames
+    chunks = list(pipe.stream(PROMPT, generator=gen(0), progress=False, output_type="codes"))
+    assert [c.shape for c in chunks] == [(1, 2, 3)] * 3 and torch.equal(torch.cat(chunks), full)
+    pt = list(pipe.stream(PROMPT, generator=gen(0), progress=False, output_type="pt"))
+    assert [c.shape for c in pt] == [(1, 3, 16, 24), (4, 3, 16, 24), (4, 3, 16, 24)]
+    pil = list(pipe.stream(PROMPT, generator=gen(0), progress=False, output_type="pil"))
+    assert [len(c) for c in pil] == [1, 4, 4] and pil[0][0].size == (24, 16)
+
+    def stop_after_frame_1(p, frame, step, state):
+        if frame == 1 and step == 1:
+            p._interrupt = True
+
+    got = list(pipe.stream(PROMPT, generator=gen(0), progress=False, output_type="codes",
+                           callback_on_step_end=stop_after_frame_1))
+    assert len(got) == 2 and torch.equal(torch.cat(got), full[:2]) and pipe.interrupt
+    with pytest.raises(LumosError, match="output_type"):
+        next(pipe.stream(PROMPT, output_type="pixels"))
+
+
 # ============================================================================================ generators
 def test_int_seed_equals_a_generator_seeded_with_it():
     pipe = tiny_pipe()

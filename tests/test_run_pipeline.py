@@ -97,24 +97,57 @@ def test_export_needs_out_or_into_package(digits_run, tmp_path, capsys):
     assert LumosPipeline.from_pretrained(out, device="cpu").defaults.prompt_template == "{caption}"
 
 
-def test_synthetic_run_names_the_missing_flags(tmp_path, capsys):
+def test_tiny_config_trains_then_generates_with_no_extra_flags(tmp_path, capsys):
+    """`lumos train configs/tiny.toml` (synthetic videos, no data, no tokenizers given) is a pipeline: the
+    synthetic videos bring their word-level text tokenizer and colour-tile codes."""
     run = tmp_path / "tiny"
     assert main(["train", "configs/tiny.toml", "--set", "max_steps=2", "--set", f"out_dir={run}",
                  "--set", "tensorboard=false"]) == 0
     said = capsys.readouterr().out
-    assert "--text-tokenizer" in said and "--video-tokenizer" in said and "--height" in said
+    assert "--text-tokenizer" not in said and f"lumos generate --model {run}" in said
+    folder = run / "checkpoints" / "step-000002" / "model"
+    assert json.loads((folder / "pipeline.json").read_text()) == {"prompt_template": "{caption}", "fps": 3,
+                                                                  "height": 64, "width": 64, "num_frames": 3}
+    card = (folder / "README.md").read_text()
+    assert "## Not included" not in card and '"pattern-K video"' in card
+    out = tmp_path / "x.mp4"
+    assert main(["generate", "--model", str(run), "--prompt", "pattern-3 video", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert out.stat().st_size > 0
+    # The prompt is the training caption, id for id: what a sample of class 3 starts with.
+    pipe = LumosPipeline.from_pretrained(run, device="cpu")
+    from lumos.train.batches import SyntheticVideos
+    source = SyntheticVideos(pipe.model.config.vocab, num=64)
+    sample = next(source[i] for i in range(64) if source[i][1] == 4 and source[i][2] == 9)   # pattern-3, video
+    ids = pipe.model.config.vocab.text_turn(pipe.text_tokenizer.encode("pattern-3 video"))
+    assert ids.tolist() == sample[:len(ids)].tolist()
+    video = pipe("pattern-3 video", generator=0, num_inference_steps=2).frames[0]
+    assert video.shape == (3, 64, 64, 3)
+    assert torch.equal(pipe.video_tokenizer.encode(video), pipe("pattern-3 video", generator=0, num_inference_steps=2,
+                                                               output_type="codes").frames[0].cpu())
+
+
+def test_a_run_that_cannot_know_its_tokenizers_names_the_flags(digits_run, tmp_path, capsys):
+    """Records whose index names no tokenizer: the card and `lumos generate` name the flags that supply them."""
+    import shutil
+    data, _ = digits_run
+    records = tmp_path / "records"
+    shutil.copytree(data / "train", records)
+    index = json.loads((records / "index.json").read_text())
+    index.pop("tokenizers", None)
+    (records / "index.json").write_text(json.dumps(index))
+    run = tmp_path / "run"
+    train(TrainConfig(model="tiny", data=[str(records)], batch=BatchOptions(max_frames=5), max_steps=2,
+                      batch_size=4, warmup_steps=1, tensorboard=False, out_dir=str(run)))
     folder = run / "checkpoints" / "step-000002" / "model"
     card = (folder / "README.md").read_text()
     assert "## Not included" in card and "--text-tokenizer" in card and "--video-tokenizer" in card
-    assert "--height" in card and "4x4 latent tokens" in card
+    assert "--height" in card and "8x8 latent tokens" in card
     base = ["generate", "--model", str(run), "--prompt", "x", "--out", str(tmp_path / "x.mp4")]
     assert main(base) == 2
     err = capsys.readouterr().err
     assert "text tokenizer" in err and "--text-tokenizer" in err
-    from lumos.tokenizers.text import train_text_tokenizer
-    text = tmp_path / "text.json"
-    train_text_tokenizer(["a b c"] * 4, 260, text)
-    assert main(base + ["--text-tokenizer", str(text)]) == 2
+    assert main(base + ["--text-tokenizer", str(data / "text_tokenizer.json")]) == 2
     err = capsys.readouterr().err
     assert "video tokenizer" in err and "--video-tokenizer" in err
     assert not (tmp_path / "x.mp4").exists()
@@ -131,3 +164,24 @@ def test_a_restart_drops_the_old_pointer(digits_run, tmp_path):
     assert json.loads((run / "latest.json").read_text())["step"] == 1
     assert not (run / "checkpoints" / "step-000002").exists()
     assert os.listdir(run / "checkpoints") == ["step-000001"]
+
+
+def test_palette_tokenizer(tmp_path):
+    """The synthetic videos' colour tiles: distinct colours, decode then encode gives the codes back exactly
+    (a tile's mean is its colour), saved and loaded through load_video_tokenizer; a bad config is one line."""
+    from lumos.tokenizers import load_video_tokenizer
+    from lumos.tokenizers.palette import PaletteTokenizer, palette
+
+    assert len({tuple(c) for c in palette(64).tolist()}) == 64
+    tok = PaletteTokenizer(64, patch=4)
+    codes = torch.randint(0, 64, (3, 5, 7), generator=torch.Generator().manual_seed(0))
+    video = tok.decode(codes)
+    assert video.shape == (3, 20, 28, 3) and video.dtype == torch.uint8
+    assert torch.equal(tok.encode(video), codes)
+    back = load_video_tokenizer(tok.save_pretrained(tmp_path / "tok"))
+    assert isinstance(back, PaletteTokenizer) and (back.codebook_size, back.spatial_compression) == (64, 4)
+    (tmp_path / "tok" / "palette.json").write_text('{"codebook_size": 64}')
+    with pytest.raises(LumosError, match="exactly the keys"):
+        load_video_tokenizer(tmp_path / "tok")
+    with pytest.raises(LumosError, match=r"in \[0, 64\)"):
+        tok.decode(torch.full((1, 2, 2), 64))

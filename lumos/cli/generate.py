@@ -396,7 +396,8 @@ def write_batch(pipe, batch: list[Output], s, kwargs: dict, args, model_dir, ran
         media.write_video(o.path, frames, fps=s.fps)
         atomic_write_json(o.manifest, {
             "output": str(o.path), "prompt": job.prompt, "image": job.image, "video": job.video,
-            "seed": job.seed, "sample_index": o.k, "generator_seed": o.seed, **job.info, "model": args.model, "model_path": str(model_dir),
+            "seed": job.seed, "sample_index": o.k, "generator_seed": o.seed, **job.info,
+            "model": args.model, "subfolder": args.subfolder, "revision": args.revision, "model_path": str(model_dir),
             "settings": s.to_dict(),
             "frames": int(frames.shape[0]), "device": str(pipe.device),
             "dtype": str(next(pipe.model.parameters()).dtype).replace("torch.", ""),

@@ -36,13 +36,32 @@ class TextTokenizer:
             raise LumosError(f"{self.path}: text tokenizer file not found (the released models use "
                              f"tokenizer/text_tokenizer.json; `train_text_tokenizer` makes a small one)")
         try:
-            self.tok = Tokenizer.from_file(str(self.path))
+            tok = Tokenizer.from_file(str(self.path))
         except Exception as e:
             raise LumosError(f"{self.path}: not a `tokenizers` JSON file ({first_line(e)})") from None
+        self._set(tok)
+
+    def _set(self, tok) -> None:
+        self.tok = tok
         self.bos_id = 0
         self.bos_token = self.tok.id_to_token(0)   # "<s>" (Chameleon) or "[BOS]" (ours)
         if self.bos_token is None:
             raise LumosError(f"{self.path}: has no token with id 0 (the BOS every Lumos sequence starts with)")
+
+    @classmethod
+    def from_words(cls, words: list[str]) -> "TextTokenizer":
+        """An in-memory word-level tokenizer: `[BOS]` = 0, `words[i]` = i + 1, `[UNK]` after them; words are
+        split at whitespace. The synthetic videos' captions are such words (`SyntheticVideos.text_tokenizer`)."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        vocab = {w: i for i, w in enumerate(["[BOS]", *words, "[UNK]"])}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.add_special_tokens(["[BOS]", "[UNK]"])
+        self = cls.__new__(cls)
+        self.path = None
+        self._set(tok)
+        return self
 
     def __repr__(self):
         return f"TextTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
@@ -65,6 +84,10 @@ class TextTokenizer:
         """Copy the tokenizer's JSON file to `path` (a file name, e.g. a pipeline folder's text_tokenizer.json)."""
         from lumos.tokenizers.base import copy_file
 
+        if self.path is None:                     # made in memory (`from_words`)
+            with atomic_write(path, "w") as f:
+                f.write(self.tok.to_str(pretty=False))
+            return Path(path)
         return copy_file(self.path, path)
 
     def decode(self, ids: Iterable[int]) -> str:

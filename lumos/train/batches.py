@@ -122,21 +122,33 @@ class SyntheticVideos:
     `noise` of its tokens redrawn (most of a frame repeats, as in real video). Templates and fresh
     first frames are made of `block` x `block` squares of one code (spatial redundancy: a masked
     token can be inferred from a visible neighbour in its square). With probability
-    `image_fraction` the sample is an image (one frame, duration 1, fps 1)."""
+    `image_fraction` the sample is an image (one frame, duration 1, fps 1). `tokenizers()` gives the
+    words and colours that let a model trained on them generate from a prompt ("pattern-3 video")."""
 
     def __init__(self, vocab: Vocab, num: int = 512, frames: int = 3, height: int = 4, width: int = 4,
                  classes: int = 8, noise: float = 0.1, image_fraction: float = 0.25, block: int = 1, seed: int = 0):
         if height % block or width % block:
             raise LumosError(f"synthetic: the {height}x{width} grid is not a multiple of block {block}")
-        if classes + 2 >= vocab.text_vocab_size:
-            raise LumosError(f"synthetic: {classes} classes need {classes + 2} text ids, vocab has "
-                             f"{vocab.text_vocab_size}")
+        if classes + 4 > vocab.text_vocab_size:
+            raise LumosError(f"synthetic: {classes} classes need {classes + 4} text ids (BOS, a word per class, "
+                             f"video, image, unknown), vocab has {vocab.text_vocab_size}")
         self.vocab, self.num, self.frames, self.noise, self.image_fraction = vocab, num, frames, noise, image_fraction
         self.seed, self.classes, self.block, self.grid = seed, classes, block, (height, width)
         self.templates = self._blocks(np.random.default_rng([seed, 2**31]), classes)
 
     def __len__(self) -> int:
         return self.num
+
+    def tokenizers(self, patch: int = 16):
+        """What makes a run on these videos a pipeline that `lumos generate` can use (`lumos.train.outputs`):
+        a word-level text tokenizer giving the captions' ids ("pattern-3 video" -> class 3's video, "pattern-3
+        image" its image; `[BOS]` 0, "pattern-c" 1 + c, then "video", "image", `[UNK]`), and a video tokenizer
+        that paints each code as a `patch` x `patch` tile of its own colour (`lumos.tokenizers.palette`)."""
+        from lumos.tokenizers.palette import PaletteTokenizer
+        from lumos.tokenizers.text import TextTokenizer
+
+        words = [f"pattern-{c}" for c in range(self.classes)] + ["video", "image"]
+        return TextTokenizer.from_words(words), PaletteTokenizer(self.vocab.codebook_size, patch)
 
     def _blocks(self, rng, n: int) -> np.ndarray:
         """n random frames `[n, h, w]` of block x block squares of one code."""
@@ -158,7 +170,7 @@ class SyntheticVideos:
         frames = [self._redraw(rng, first)]
         for _ in range(0 if image else self.frames - 1):
             frames.append(self._redraw(rng, frames[-1]))
-        text = [1 + c, 1 + self.classes + int(image)]  # id 0 is BOS
+        text = [1 + c, 1 + self.classes + int(image)]  # id 0 is BOS; the words of `tokenizers()`
         if image:
             return self.vocab.build_t2i(text, frames[0])
         return self.vocab.build_t2v(text, np.stack(frames), duration=1, fps=len(frames))

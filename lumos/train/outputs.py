@@ -24,8 +24,9 @@ Where the pieces come from (the first found wins):
 - prompt template: the records' index, else a `prepare` folder's prepared.json, else the released one.
 - size: the first video records as trained (capped to batch.max_frames): the latent grid x the video
   tokenizer's spatial compression, 1 + k_t (latent frames - 1) frames, the header's fps.
-A piece not found (synthetic data has no tokenizers) is left out; the card says which flag supplies it,
-and so does `lumos generate`.
+Synthetic videos (`SyntheticVideos.tokenizers`) bring their own: a word-level text tokenizer of their
+captions ("pattern-3 video") and colour-tile codes, with the bare caption as the prompt. A piece not found
+is left out; the card says which flag supplies it, and so does `lumos generate`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class RunPipeline:
     defaults: dict                       # the pipeline.json keys known
     missing: list[str] = field(default_factory=list)    # what generate must be given, for the card
     sources: dict = field(default_factory=dict)         # where each piece came from (provenance)
+    about_data: str | None = None                       # a sentence for the card on what the prompts are
 
     @classmethod
     def plan(cls, cfg, source, mcfg) -> "RunPipeline":
@@ -63,10 +65,18 @@ class RunPipeline:
         video = cfg.video_tokenizer or refs.get("video")
         tt = TextTokenizer(text) if text else None
         vt = load_video_tokenizer(video, encoder=False, decoder=False) if video else None
+        template, about = refs.get("prompt_template"), None
+        if hasattr(source, "tokenizers"):             # synthetic videos: their own words and colour tiles
+            own_text, own_video = source.tokenizers()
+            tt, vt = tt or own_text, vt or own_video
+            template = template or "{caption}"
+            text, video = text or "synthetic (word-level)", video or "synthetic (colour tiles)"
+            about = (f'Trained on synthetic token videos (lumos.train.batches.SyntheticVideos): prompt '
+                     f'"pattern-K video" or, with one frame, "pattern-K image" (K < {source.classes}).')
         if vt is not None and vt.codebook_size != mcfg.vocab.codebook_size:
             raise LumosError(f"video tokenizer {video}: {vt.codebook_size} codes, the vocabulary trained "
                              f"{mcfg.vocab.codebook_size}; set video_tokenizer to the one the data was made with")
-        defaults = {"prompt_template": refs["prompt_template"]} if refs.get("prompt_template") else {}
+        defaults = {"prompt_template": template} if template else {}
         missing = []
         size = trained_size(source, mcfg.vocab, cfg.batch.max_frames)
         if size is not None:
@@ -81,7 +91,7 @@ class RunPipeline:
                                f"`--num-frames`")
         sources = {"text_tokenizer": str(text) if text else None, "video_tokenizer": str(video) if video else None,
                    **({"data_references": refs} if refs else {})}
-        return cls(mcfg, tt, vt, defaults, missing, sources)
+        return cls(mcfg, tt, vt, defaults, missing, sources, about)
 
     def write(self, folder: Path, step: int, meta: dict, run: str) -> None:
         """Everything of the pipeline folder but the weights, into a checkpoint's model/ `folder`."""
@@ -90,8 +100,9 @@ class RunPipeline:
         provenance = {"run": run, "checkpoint": f"checkpoints/step-{step:06d}", "step": step,
                       "samples_seen": meta.get("samples_seen"), "train_config": meta.get("train_config"),
                       "tokenizers": self.sources}
+        training = " ".join(x for x in (self.about_data, LumosPipeline.training_summary(provenance)) if x)
         LumosPipeline.save_parts(folder, self.config, self.text_tokenizer, self.video_tokenizer, self.defaults,
-                                 provenance=provenance, missing=self.missing, name=run)
+                                 provenance=provenance, training=training, missing=self.missing, name=run)
 
 def write_latest(out: Path, ckpt: Path, step: int) -> None:
     """Point the run folder's latest.json at the complete checkpoint `ckpt` (atomically)."""
