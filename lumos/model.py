@@ -276,6 +276,20 @@ class LumosModel(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.kv_cache = None
 
+    @torch.no_grad()
+    def move_cache(self, src: torch.Tensor, dst: torch.Tensor, delta: Positions) -> None:
+        """Move cache columns `src` (L,) to `dst` (L,) in every layer, re-indexed by the position change
+        `delta` (positions [B, L] of the moved tokens: new minus old; `lumos.positions.shift`). A cached key
+        is R(p) k; rotating it by R(delta) gives R(p + delta) k, the key computed fresh at the new position
+        (RoPE rotations compose), so no forward pass is needed. Values carry no position: copied. Source
+        and destination may overlap (the columns are gathered first)."""
+        c = self.config
+        cos, sin = rope_cos_sin(delta, c.head_dim, c.rope_theta, c.rope_type)    # (B, L, hd)
+        for layer in self.model.layers:
+            cache = layer.self_attn.kv_cache
+            k, v = cache.k.index_select(2, src), cache.v.index_select(2, src)
+            cache.update(dst, apply_rope(k, cos, sin), v)
+
     def head(self, h: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """Logits (fp32) from final hidden states; `rows` restricts to a vocabulary slice (e.g. the visual
         codes), so full-vocabulary logits are never built when they are not needed."""

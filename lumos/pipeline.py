@@ -86,10 +86,11 @@ class PipelineDefaults(SampleConfig):
     fps: int = 12                        # frames per second (the prompt's and the video header's)
     image_guidance_scale: float = 16.0   # guidance_scale of text-to-image (released: 16)
     prompt_template: str = VIDEO_PROMPT  # the text the model was trained on (lumos.vocab.video_prompt)
+    trained_frames: int | None = None    # latent frames of the clips the model was trained on (longer: needs window_frames)
 
     RANGES: ClassVar[dict] = {**SampleConfig.RANGES, "height": (1, None, False), "width": (1, None, False),
                               "num_frames": (1, None, False), "fps": (1, None, False),
-                              "image_guidance_scale": (0, None, False)}
+                              "image_guidance_scale": (0, None, False), "trained_frames": (1, None, False)}
 
     @classmethod
     def check(cls, values: dict, name=str) -> dict:
@@ -378,9 +379,16 @@ class LumosPipeline:
         vt = self.video_tokenizer
         latent = 1 if s.task == "t2i" else vt.num_latent_frames(s.num_frames)
         k = vt.spatial_compression
-        # BOS text SEP + the video header, then every latent frame (given and generated)
+        window, trained = s.sample.window_frames, self.defaults.trained_frames
+        if window is None and trained is not None and latent > trained:
+            raise LumosError(f"{s.num_frames} frames are {latent} latent frames, longer than the {trained} this model "
+                             f"was trained on; generate longer videos with a rolling window: window_frames="
+                             f"{trained - 1} (--window-frames {trained - 1})")
+        # BOS text SEP + the video header, then every latent frame (given and generated) the layout holds:
+        # with a rolling window, the sinks, the window and the frame being decoded (`plan_generation`)
         prefix = max(len(t) for t in texts + (neg_texts or [])) + 2 + self.model.config.vocab.VIDEO_HEADER
-        check_generation(self.model.config, s.sample, prefix, latent, s.height // k, s.width // k)
+        held = latent if window is None else min(latent, s.sample.sink_frames + window + 1)
+        check_generation(self.model.config, s.sample, prefix, held, s.height // k, s.width // k)
         return s, prompts, images, videos, texts, neg_texts
 
     def check(self, prompt, image=None, video=None, *, num_videos_per_prompt: int = 1, negative_prompt=None,

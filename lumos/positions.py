@@ -40,6 +40,19 @@ class Positions(NamedTuple):
         return Positions(self.text[:, start:end], self.thw[:, start:end], self.visual[:, start:end])
 
 
+def shift(a: Positions, b: Positions, k: int = 1) -> Positions:
+    """k times the position change from `a` to `b`, two equal-shape spans (e.g. latent frame j and frame
+    j + 1 of a layout): positions are affine in the frame index for every rope type (text: + the frame's
+    length; content: t + s_t, h and w unchanged), so `a + shift(a, b, k)` is where a frame's tokens sit k
+    frames later. As a table for `LumosModel.move_cache`: the rotation that re-indexes cached keys."""
+    return Positions(k * (b.text - a.text), k * (b.thw - a.thw), a.visual)
+
+
+def add(a: Positions, d: Positions) -> Positions:
+    """Positions `a` moved by `d` (`shift`)."""
+    return Positions(a.text + d.text, a.thw + d.thw, a.visual)
+
+
 def position_ids(tokens: torch.Tensor, vocab: Vocab, scale=(4, 8, 8), offset: bool = True,
                  start: torch.Tensor | None = None) -> Positions:
     """(t, h, w) and 1-D positions of every token.

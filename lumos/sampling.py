@@ -7,7 +7,7 @@ sampler is described in `official-code-notes.md` §3 and its quirks in §6.
 
 Parallel decoding of one video (`iter_parallel`), per latent frame f = 0 .. F-1:
     1. the frame is laid out fully masked: FRAME_START, size(h), size(w), (MASK x w, NEWLINE) x h, FRAME_END;
-    2. S steps: predict every code of the frame, sample the masked ones, score each fresh sample by
+    2. S steps: predict and sample the codes still masked, score each fresh sample by
        confidence = log p(sample) + T_s * Gumbel, and re-mask the least confident so that
        m_s = clamp(floor(N cos(pi/2 (s+1)/S)), 1, unknown - 1) stay masked (N = h*w codes);
        the last step keeps everything;
@@ -21,7 +21,8 @@ is prefilled once; each step runs only the current frame's tokens against the st
 positions and masks are precomputed on the host in a `Plan` before the loop (the layout of every
 frame is known in advance), so a step has no `.item()`, `.tolist()` or data-dependent branching.
 Non-finite logits (a broken checkpoint, an overflow) stop the generation with a LumosError: whether
-they are finite is accumulated on the device and read once per frame, before its codes are yielded.
+they are finite is accumulated on the device and read once per frame, before its codes are yielded
+(every logit of a frame is checked: all its codes are predicted at its first step).
 
 Classifier-free guidance runs in ONE batched forward: rows [cond_0 .. cond_{n-1}, uncond_0 ..
 uncond_{n-1}], where uncond_i is cond_i from VIDEO_START on (no BOS/text/SEP, as released and as the
@@ -31,8 +32,17 @@ columns; padded keys are masked and positions count from each row's real start. 
 guidance_scale 0 or 1 means no guidance: the uncond rows are not run at all (1 gives the conditional
 logits exactly; 0 is taken to mean "off" too, as in diffusers, not "unconditional").
 
-Logits are only computed for the visual rows of lm_head (`model.head(hidden, rows)`), at the code positions of the
-frame: non-visual ids cannot be sampled by construction.
+Logits are only computed where they are used: for the visual rows of lm_head (`model.head(hidden, rows)`;
+non-visual ids cannot be sampled by construction), at the codes still masked at this step. A known code
+keeps its id and is never re-masked, so its logits would be thrown away. Step s of a frame predicts
+N, m_0, m_1, ... codes, counts known on the host; which codes those are is found on the device (a stable
+sort of the mask: positional order, so confidence ties still go by position). Head, softmax and draw run
+in chunks of at most CHUNK_FLOATS logits, so the memory they take does not grow with the frame.
+
+The categorical draw is by inverse CDF (`sample`): one uniform u per code to sample, and the first
+code whose cumulative probability exceeds u times the total. It picks code k with probability p_k
+(never one of probability 0), like torch.multinomial, for a fraction of the cost of a race of K
+exponentials. The uniforms are drawn before the chunks, so the chunking does not change the sample.
 
 Defaults (intended behaviour) vs `reference_compat=True` (the released code, notes §6.1-6.3):
 - remasking temperature: T_s = T0 (1 - (s+1)/S), reset every frame | compounding T <- T (1 - (s+1)/S)
@@ -65,7 +75,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lumos.masks import frame_causal_mask, frame_ids
-from lumos.positions import Positions
+from lumos.positions import Positions, add, shift
 from lumos.utils import LumosError, check_keys, fits
 from lumos.vocab import Vocab
 
@@ -73,6 +83,7 @@ MODES = ("parallel", "parallel-nocache", "next-token")
 MAX_STEPS = 1000                # num_inference_steps: more only builds host lists (the released setting is 50)
 MIN_TEMPERATURE = 1e-6          # positive temperatures: tinier ones overflow the fp32 logits they divide (use 0)
 SEED_LIMIT = 2**63              # seeds are integers in [0, SEED_LIMIT): what every torch generator takes
+CHUNK_FLOATS = 2**24            # logits (rows x codes x K) per chunk of a step (64 MiB of fp32): bounds its memory
 
 
 @dataclass
@@ -89,13 +100,16 @@ class SampleConfig:
     remask_temperature: float = 1.0    # T0: Gumbel noise on the confidences that choose the codes to re-mask
     history_mask_ratio: float = 0.7    # r: fraction of each finished frame masked in the KV cache (released: 0.7)
     reference_compat: bool = False     # reproduce the released sampler's quirks exactly (lumos.sampling)
+    window_frames: int | None = None   # long videos: latent frames kept in the KV cache besides the sinks (default: all)
+    sink_frames: int = 0               # with a window: the first latent frames, always kept in the cache
+    reindex_window: bool = True        # with a window: move the kept frames' positions back as it slides (false: they grow)
 
     # The allowed values of each number: (lowest, highest or None, whether the lowest itself is excluded).
     # Every float must also be finite (NaN and inf are refused).
     RANGES: ClassVar[dict] = {
         "num_inference_steps": (1, MAX_STEPS, False), "guidance_scale": (0, None, False),
         "temperature": (0, None, False), "top_k": (1, None, False), "top_p": (0, 1, True), "remask_temperature": (0, None, False),
-        "history_mask_ratio": (0, 1, False),
+        "history_mask_ratio": (0, 1, False), "window_frames": (1, None, False), "sink_frames": (0, None, False),
     }
 
     def __post_init__(self):
@@ -235,21 +249,19 @@ def history_mask_indices(n: int, ratio: float, compat: bool = False) -> np.ndarr
 
 
 # ============================================================================================ sampling
-def random_draw(kind: str, shape, generator, device=None, dtype=torch.float32) -> torch.Tensor:
-    """`kind` "uniform" (U[0, 1)) or "exponential" (Exp(1)) samples of `shape`. generator: one
-    `torch.Generator` for the whole tensor, or a list of them, one per row (shape[0]): row i is then
-    drawn from generator i alone, exactly as it is drawn in a batch of one video."""
+def random_draw(shape, generator, device=None, dtype=torch.float32) -> torch.Tensor:
+    """U[0, 1) samples of `shape`. generator: one `torch.Generator` for the whole tensor, or a list of
+    them, one per row (shape[0]): row i is then drawn from generator i alone, exactly as it is drawn
+    in a batch of one video."""
     if isinstance(generator, (list, tuple)):                # one per row: counted by `_generator`
-        return torch.cat([random_draw(kind, (1, *shape[1:]), g, device, dtype) for g in generator])
-    if kind == "uniform":
-        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
-    return torch.empty(shape, device=device, dtype=dtype).exponential_(1.0, generator=generator)
+        return torch.cat([random_draw((1, *shape[1:]), g, device, dtype) for g in generator])
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
 
 
 def gumbel_noise(shape, generator, device=None) -> torch.Tensor:
     """Standard Gumbel samples -log(-log u), u ~ U[0, 1) drawn from `generator` (both logs clamped at 1e-20);
     a list of generators draws each row from its own (`random_draw`)."""
-    u = random_draw("uniform", shape, generator, device)
+    u = random_draw(shape, generator, device)
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 
 
@@ -275,22 +287,32 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int |
     return probs
 
 
-def sample(probs: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+def sample(probs: torch.Tensor, temperature: float, generator, u: torch.Tensor | None = None) -> torch.Tensor:
     """One code per row of probs [..., K] -> int64 [...]. temperature 0: argmax. Otherwise an exact
-    categorical draw without a host sync (the exponential race: argmax p / E, E ~ Exp(1), which
-    picks code k with probability p_k, like torch.multinomial)."""
+    categorical draw without a host sync, by inverse CDF: the first code whose cumulative probability
+    exceeds u * total, which picks code k with probability p_k / total (like torch.multinomial) and
+    never a code of probability 0. u [...]: the row's U[0, 1) draws, if drawn beforehand (float64),
+    else drawn here from `generator` (one per row, `random_draw`).
+
+    One uniform and a cumsum per row: much cheaper than a race over K exponentials. Both are float64
+    so that the interval of each code is exact to ~1e-16, not to the 2**-24 steps of float32."""
     if temperature == 0:
         return probs.argmax(-1)
-    race = random_draw("exponential", probs.shape, generator, probs.device, probs.dtype)
-    return (probs / race).argmax(-1)
+    if u is None:
+        u = random_draw(probs.shape[:-1], generator, probs.device, torch.float64)
+    cdf = probs.double().cumsum(-1)                                      # [..., K], non-decreasing
+    total = cdf[..., -1:].contiguous()
+    k = torch.searchsorted(cdf, u[..., None] * total, right=True)      # first code with cdf > u * total
+    last = torch.searchsorted(cdf, total)                               # the last code of probability > 0:
+    return torch.minimum(k, last)[..., 0].clamp_(max=probs.shape[-1] - 1)   # u * total may round up to total
 
 
 def mask_by_random_topk(log_p: torch.Tensor, n_mask: int, temperature: float,
                         generator: torch.Generator) -> torch.Tensor:
     """Which codes to re-mask: the `n_mask` lowest confidences log p + T * Gumbel of each row.
 
-    log_p: [B, N] log-probability of each fresh sample, +inf at codes known before this step (never
-    re-masked). Returns bool [B, N] with exactly n_mask True per row (ties broken by position)."""
+    log_p: [B, N] log-probability of each fresh sample (+inf at a code that must never be re-masked).
+    Returns bool [B, N] with exactly n_mask True per row (ties broken by position)."""
     confidence = log_p
     if temperature > 0:
         confidence = log_p + temperature * gumbel_noise(log_p.shape, generator, log_p.device)
@@ -299,40 +321,76 @@ def mask_by_random_topk(log_p: torch.Tensor, n_mask: int, temperature: float,
     return remask.scatter_(-1, order[:, :n_mask], True)
 
 
-def sample_codes(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator):
+def sample_codes(logits: torch.Tensor, cfg: SampleConfig, generator, u: torch.Tensor | None = None):
     """Guided visual logits [..., K] -> (sampled codes [...], the probabilities they were drawn from).
-    compat: a plain multinomial on softmax(logits); temperature/top-k/top-p are not applied."""
+    compat: a plain multinomial on softmax(logits); temperature/top-k/top-p are not applied.
+    u: the draws of `sample`, if drawn beforehand."""
     if cfg.reference_compat:
         probs = torch.softmax(logits, dim=-1)
-        return sample(probs, 1.0, generator), probs
+        return sample(probs, 1.0, generator, u), probs
     probs = logits_to_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-    return sample(probs, cfg.temperature, generator), probs
+    return sample(probs, cfg.temperature, generator, u), probs
 
 
-def maskgit_step(logits: torch.Tensor, ids: torch.Tensor, n_mask: int, remask_temperature: float,
-                 cfg: SampleConfig, generator: torch.Generator, vocab: Vocab) -> torch.Tensor:
-    """One refinement step on the codes of a frame.
+def masked_positions(unknown: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions [n, count] of the True entries of each row of unknown [n, N], in increasing order.
+    Every row holds exactly `count` of them (a host int: the schedule's), so no host sync is needed:
+    a stable sort puts them first, in their order."""
+    return unknown.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :count]
 
-    logits: [B, N, K] guided visual logits; ids: [B, N] token ids of the frame's codes (vocab.mask
-    where unknown); n_mask: codes left masked after this step (0 on the last step: fill everything).
-    Returns the new ids [B, N]."""
-    unknown = ids == vocab.mask
-    codes, probs = sample_codes(logits, cfg, generator)                  # [B, N], [B, N, K]
-    new = torch.where(unknown, codes + vocab.visual_offset, ids)
+
+def predict_codes(model, hidden: torch.Tensor, n_cond: int, cfg: SampleConfig, generator,
+                  chunk_floats: int | None = None):
+    """Sample a code at each position of hidden [B, M, D] (n_cond cond rows, then their uncond twins
+    with CFG) -> (codes [n, M], the probability of each sample under the distribution it was drawn
+    from [n, M], whether every logit was finite: 0-d bool tensor).
+
+    Head, CFG mix, softmax and draw run over chunks of positions of at most `chunk_floats` logits
+    (default CHUNK_FLOATS), so peak memory stays bounded whatever the frame size. The uniforms of the
+    draw are taken for all M positions before the first chunk: the chunking does not change the sample."""
+    B, M, _ = hidden.shape
+    rows = _visual_rows(model.config.vocab)
+    greedy = cfg.temperature == 0 and not cfg.reference_compat          # compat always samples
+    u = None if greedy else random_draw((n_cond, M), generator, hidden.device, torch.float64)   # (n, M)
+    step = max(1, (chunk_floats or CHUNK_FLOATS) // (B * (rows.stop - rows.start)))
+    codes, p = [], []
+    finite = torch.ones((), dtype=torch.bool, device=hidden.device)
+    for a in range(0, M, step):
+        logits = guide(model.head(hidden[:, a:a + step], rows), n_cond, cfg.guidance_scale)   # (n, m, K)
+        # One reduction instead of an isfinite table: a NaN or inf anywhere makes the sum non-finite
+        # (finite logits of |x| > 1e30, whose sum overflows, are as broken).
+        finite &= logits.sum().isfinite()
+        c, probs = sample_codes(logits, cfg, generator, None if u is None else u[:, a:a + step])
+        codes.append(c)
+        p.append(probs.gather(-1, c[..., None])[..., 0])
+    return torch.cat(codes, 1), torch.cat(p, 1), finite
+
+
+def maskgit_step(codes: torch.Tensor, p: torch.Tensor, n_mask: int, remask_temperature: float,
+                 generator, vocab: Vocab) -> torch.Tensor:
+    """The re-masking of one refinement step, over the codes that were still masked before it.
+
+    codes: [n, M] fresh samples at those positions (positional order), p: [n, M] the probability of
+    each; n_mask: codes left masked after this step (0 on the last step: keep everything). Returns
+    their new token ids [n, M]: the samples, MASK at the n_mask least confident of each row. The codes
+    known before the step are not here: they keep their ids and are never re-masked."""
+    new = codes + vocab.visual_offset
     if n_mask == 0:
         return new
-    log_p = probs.gather(-1, codes[..., None])[..., 0].clamp_min(1e-20).log()
-    log_p = log_p.masked_fill(~unknown, float("inf"))
+    log_p = p.clamp_min(1e-20).log()
     return new.masked_fill(mask_by_random_topk(log_p, n_mask, remask_temperature, generator), vocab.mask)
 
 
 def guide(logits: torch.Tensor, n_cond: int, scale: float) -> torch.Tensor:
     """CFG mix of a batched forward: rows [cond x n, uncond x n] -> u + g (c - u), [n, ...].
-    Without uncond rows (guidance off) the logits are returned as they are."""
+    Without uncond rows (guidance off) the logits are returned as they are.
+
+    One [n, ...] temporary, updated in place (not one per operation of the formula), and `logits`
+    left as it was; the same float operations as the formula in its order, so the same bits."""
     if logits.shape[0] == n_cond:
         return logits
     cond, uncond = logits[:n_cond], logits[n_cond:]
-    return uncond + scale * (cond - uncond)
+    return (cond - uncond).mul_(scale).add_(uncond)
 
 
 # ============================================================================================ the plan
@@ -354,14 +412,23 @@ class Plan:
     h: int                     # latent rows per frame
     w: int                     # latent columns per frame
     prefill_len: int           # columns [0, prefill_len) are the prompt: prefilled once
-    frame_starts: list[int]    # first column of each generated frame
+    frame_starts: list[int]    # first column of each generated frame's slot in the layout
     code_idx: torch.Tensor     # [N] offsets of the h*w codes inside a frame (Vocab.code_offsets)
     hist_idx: torch.Tensor     # offsets inside a frame of the content tokens masked in the cache
-    given: torch.Tensor        # [n_cond, G, h, w] codes of the given frames (unmasked), G may be 0
+    given: torch.Tensor        # [n_cond, G, h, w] codes of the given frames (unmasked), G may be 0 (all of them)
+    frame0: int = 0            # column of the first frame (given or generated) of the layout
+    num_frames: int = 0        # latent frames to generate: len(frame_starts), or more with a rolling window
+    sinks: int = 0             # rolling window: the first `sinks` frames of the video never leave the cache
+    reindex: bool = True       # rolling window: positions move back with the window (False: keep growing)
 
     @property
     def frame_len(self) -> int:
         return self.vocab.frame_length(self.h, self.w)
+
+    @property
+    def rolling(self) -> bool:
+        """More frames to generate than the layout has slots: the window slides (`iter_parallel`)."""
+        return self.num_frames > len(self.frame_starts)
 
 
 def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, cfg: SampleConfig,
@@ -371,7 +438,9 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
     prompts: one token prefix per output video, `vocab.build(text_ids, given_frames, duration=..,
         fps=.., complete=False)`: BOS text SEP VIDEO_START dur fps [given frames]. Every prefix must
         hold the same number of given frames (the video parts must line up in the cache).
-    num_frames: latent frames to generate after the given ones; h, w: latent grid.
+    num_frames: latent frames to generate after the given ones; h, w: latent grid. With
+        `cfg.window_frames` the layout has slots for the sinks, the window and the frame being decoded
+        only (`iter_parallel` slides it), and given frames beyond the sinks + window are left out.
     negative: None (the uncond rows start at VIDEO_START), or one text prefix per video, `vocab.text_turn(ids)`
         = BOS negative-text SEP, put before the uncond row's VIDEO_START (left-padded like the cond rows);
         no effect with guidance off."""
@@ -401,9 +470,23 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
         raise LumosError(f"{len(negative)} negative prompts for {len(prefixes)} videos")
     negative = [np.asarray(x, np.int64).reshape(-1) for x in negative] if negative is not None and cfg.use_cfg else None
     starts_all = starts + ([len(x) for x in negative] if negative else [])
+    lf = vocab.frame_length(h, w)
+    # A rolling window (long videos): the cache holds the sinks and the last `window_frames` frames, so
+    # the layout has room for those and the frame being decoded; given frames beyond that are dropped.
+    G = len(given[0])                                          # given frames in the layout
+    slots = num_frames
+    if cfg.window_frames is not None:
+        keep = cfg.sink_frames + cfg.window_frames
+        if G > keep:
+            kept = list(range(cfg.sink_frames)) + list(range(G - cfg.window_frames, G))
+            for i, (p, s0) in enumerate(zip(prefixes, starts)):
+                f0 = s0 + vocab.VIDEO_HEADER
+                prefixes[i] = np.concatenate([p[:f0]] + [p[f0 + j * lf:f0 + (j + 1) * lf] for j in kept])
+            G = keep
+        slots = min(num_frames, keep + 1 - G)
     # Before anything the size of the layout: the frames to generate, the model's positions.
-    check_generation(model.config, cfg, max(starts_all) + vocab.VIDEO_HEADER, len(given[0]) + num_frames, h, w)
-    new_frames = np.tile(vocab.masked_frame(h, w), num_frames)
+    check_generation(model.config, cfg, max(starts_all) + vocab.VIDEO_HEADER, G + slots, h, w)
+    new_frames = np.tile(vocab.masked_frame(h, w), slots)
     rows = [np.concatenate([p, new_frames]) for p in prefixes]
 
     n = len(rows)
@@ -420,8 +503,6 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
             pad[n + i] = lp - len(neg)
             tokens[n + i, pad[n + i]:] = np.concatenate([neg, r[s:]])
 
-    lf = vocab.frame_length(h, w)
-    G = len(given[0])
     frame0 = lp + vocab.VIDEO_HEADER                           # column of the first frame (given or generated)
     first = frame0 + G * lf                                    # column of the first generated frame
     content = history_mask_indices(vocab.body_length(h, w), cfg.history_mask_ratio, cfg.reference_compat)
@@ -437,9 +518,10 @@ def plan_generation(model, prompts: Sequence, num_frames: int, h: int, w: int, c
     return Plan(
         vocab=vocab, tokens=tokens_t, valid=torch.arange(L, device=device)[None] >= pad_t[:, None],
         pos=model.positions(tokens_t, start=pad_t), fid=frame_ids(tokens_t, vocab), n_cond=n, video_col=lp, h=h, w=w,
-        prefill_len=first, frame_starts=[first + f * lf for f in range(num_frames)],
+        prefill_len=first, frame_starts=[first + f * lf for f in range(slots)],
         code_idx=torch.from_numpy(code_idx).to(device), hist_idx=torch.from_numpy(hist_idx).to(device),
-        given=torch.from_numpy(np.stack(given)).to(device),
+        given=torch.from_numpy(np.stack(given)).to(device), num_frames=num_frames, sinks=cfg.sink_frames,
+        reindex=cfg.reindex_window, frame0=frame0,
     )
 
 
@@ -474,6 +556,26 @@ def _prefill(model, plan: Plan, ctx: torch.Tensor, stats: Stats | None) -> None:
     model.setup_cache(B, L)
     mask = frame_causal_mask(plan.fid, plan.valid, q_start=0, q_end=P, kv_len=P)     # (B, 1, P, P)
     _forward(model, stats, ctx[:, :P], plan.pos.slice(0, P), mask, torch.arange(P, device=ctx.device), P)
+
+
+def _frame_shift(plan: Plan, k: int = 1) -> Positions:
+    """The position change of a frame's tokens k frames later in the layout (`lumos.positions.shift`)."""
+    lf, c = plan.frame_len, plan.frame0
+    return shift(plan.pos.slice(c, c + lf), plan.pos.slice(c + lf, c + 2 * lf), k)
+
+
+def _slide(model, plan: Plan) -> None:
+    """The rolling window moves one frame on: the oldest frame after the sinks leaves the cache, the
+    later ones move one slot back (their keys re-indexed by one frame back, `LumosModel.move_cache`, or
+    kept at their positions without `plan.reindex`), and the last slot is free for the next frame."""
+    lf = plan.frame_len
+    c = plan.frame0 + plan.sinks * lf                                                  # first window slot
+    end = plan.frame_starts[-1] + lf
+    src = torch.arange(c + lf, end, device=plan.tokens.device)
+    back = shift(plan.pos.slice(c + lf, end), plan.pos.slice(c, end - lf))            # one frame back
+    if not plan.reindex:
+        back = Positions(torch.zeros_like(back.text), torch.zeros_like(back.thw), back.visual)
+    model.move_cache(src, src - lf, back)
 
 
 def _check_finite(finite: torch.Tensor, f: int, frames: int, cfg: SampleConfig) -> None:
@@ -531,10 +633,12 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     B, L = plan.tokens.shape
     n, lf, N = plan.n_cond, plan.frame_len, plan.h * plan.w
     reps = B // n                                                # 2 with CFG (cond + uncond), else 1
-    F = len(plan.frame_starts)
+    F, slots = plan.num_frames, len(plan.frame_starts)
+    if plan.rolling and not use_cache:
+        raise LumosError("a rolling window needs the KV cache (use_cache=True)")
     counts = mask_schedule(N, cfg.num_inference_steps)
+    unknown = [N] + counts[:-1]                                  # codes still masked before each step
     temps = remask_temperatures(cfg.remask_temperature, cfg.num_inference_steps, F, cfg.reference_compat)
-    rows = _visual_rows(vocab)
     cols = torch.arange(L, device=device)
     # The context as the model sees it: history frames as cached (masked copies), current frame as is.
     ctx = plan.tokens.clone()
@@ -542,12 +646,17 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
         _prefill(model, plan, ctx, stats)
     try:
         for f in tqdm(range(F), desc="frames", unit="frame", disable=not progress, leave=False):
-            s0, e0 = plan.frame_starts[f], plan.frame_starts[f] + lf
+            slot = min(f, slots - 1)                              # past the last slot: the window slides
+            s0, e0 = plan.frame_starts[slot], plan.frame_starts[slot] + lf
+            if f >= slots:
+                _slide(model, plan)
             if use_cache:
                 # The frame's queries see every real key up to the frame's end: all history and the frame
                 # itself (= the frame-causal rows of this frame), one row broadcast over the queries.
                 mask = plan.valid[:, None, None, :e0]                               # (B, 1, 1, e0)
                 pos, cache_pos = plan.pos.slice(s0, e0), cols[s0:e0]
+                if not plan.reindex and f > slot:                 # positions keep growing: f - slot frames on
+                    pos = add(pos, _frame_shift(plan, f - slot))
             else:
                 mask = frame_causal_mask(plan.fid[:, :e0], plan.valid[:, :e0])     # (B, 1, e0, e0)
                 pos = plan.pos.slice(0, e0)
@@ -562,12 +671,15 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                 else:
                     ctx[:, s0:e0] = x
                     hidden = _forward(model, stats, ctx[:, :e0], pos, mask)[:, s0:]
-                logits = guide(model.head(hidden[:, plan.code_idx], rows), n, cfg.guidance_scale)  # (n, N, K)
-                finite &= torch.isfinite(logits).all()
-                ids = maskgit_step(logits, frame[:, plan.code_idx], counts[s], temps[f][s], cfg, generator,
-                                   vocab)
-                frame.index_copy_(1, plan.code_idx, ids)
-                if stop := _stop_requested(callback, f, s, ids, plan):
+                # Predict only the codes still masked: the known ones are kept whatever their logits say.
+                todo = masked_positions(frame[:, plan.code_idx] == vocab.mask, unknown[s])      # (n, M)
+                at = plan.code_idx[todo]                                                        # (n, M) columns
+                h = hidden.gather(1, at.repeat(reps, 1)[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, M, D)
+                codes, p, ok = predict_codes(model, h, n, cfg, generator)                      # (n, M) x 2
+                finite &= ok
+                frame.scatter_(1, at, maskgit_step(codes, p, counts[s], temps[f][s], generator, vocab))
+                if callback is not None and (                       # no gather per step without one
+                        stop := _stop_requested(callback, f, s, frame[:, plan.code_idx], plan)):
                     break
             _check_finite(finite, f, F, cfg)
             if stop:
@@ -597,6 +709,8 @@ def iter_next_token(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     mask. A speed baseline: a model trained with AR-DF is not a next-token model, so expect poor
     samples. No history masking (the cache holds the generated tokens). generator and callback as in
     `iter_parallel`; a step is one code (h*w steps per frame)."""
+    if plan.rolling:
+        raise LumosError("a rolling window (window_frames) needs parallel decoding, not next-token")
     vocab = plan.vocab
     device = plan.tokens.device
     generator = _generator(generator, device, plan.n_cond)
@@ -650,6 +764,8 @@ def generate(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     """Decode every frame of `plan`. mode: "parallel" (KV cache), "parallel-nocache", "next-token".
     generator, callback: as in `iter_parallel` (a callback's stop leaves fewer frames in the codes)."""
     stats = Stats()
+    if plan.rolling and mode != "parallel":
+        raise LumosError(f"a rolling window (window_frames) needs mode 'parallel', not {mode!r}")
     if mode == "next-token":
         frames = iter_next_token(model, plan, cfg, generator, stats=stats, progress=progress, callback=callback)
     elif mode in ("parallel", "parallel-nocache"):

@@ -114,13 +114,20 @@ def test_prompts_file_out_folder_in_a_folder_that_cannot_be_written(tmp_path):
     ("--seed", "-1", r"--seed must be an integer in \[0, 2\*\*63\), got -1"),
     ("--seed", str(2**70), r"--seed must be an integer in \[0, 2\*\*63\)"),
     ("--top-k", "1000000000", r"top_k 1000000000 is larger than the codebook \(1000 codes\)"),
-    ("--num-frames", "200", "the model has 2048; ask for fewer frames"),
+    ("--window-frames", "0", "--window-frames must be >= 1"),
+    ("--sink-frames", "-1", "--sink-frames must be >= 0"),
     ("--height", "100000", "height is too large"),
     ("--num-frames", "1000000000000", "exceed the largest size token"),
     ("--device", "bogus", "device 'bogus': not a device torch knows"),
 ])
 def test_generate_refuses_numbers_out_of_range(tmp_path, out, flag, value, message):
     refuse(gen(flag, value, out=out), tmp_path, match=message)
+
+
+def test_a_window_longer_than_the_model(tmp_path, out):
+    """200 frames roll the built-in model's default window; a window of 60 frames does not fit its positions."""
+    refuse(gen("--num-frames", "200", out=out) + ["--window-frames", "60"], tmp_path,
+           match="the model has 2048; ask for fewer frames")
 
 
 def test_prompt_longer_than_the_model(tmp_path, out):

@@ -107,7 +107,8 @@ def test_tiny_config_trains_then_generates_with_no_extra_flags(tmp_path, capsys)
     assert "--text-tokenizer" not in said and f"lumos generate --model {run}" in said
     folder = run / "checkpoints" / "step-000002" / "model"
     assert json.loads((folder / "pipeline.json").read_text()) == {"prompt_template": "{caption}", "fps": 3,
-                                                                  "height": 64, "width": 64, "num_frames": 3}
+                                                                  "trained_frames": 3, "height": 64, "width": 64,
+                                                                  "num_frames": 3}
     card = (folder / "README.md").read_text()
     assert "## Not included" not in card and '"pattern-K video"' in card
     out = tmp_path / "x.mp4"

@@ -82,6 +82,8 @@ class RunPipeline:
         if size is not None:
             t, h, w, fps = size
             defaults["fps"] = fps
+            if t > 1:            # longer videos need a rolling window (the pipeline says so)
+                defaults["trained_frames"] = t
             if vt is not None:
                 k = vt.spatial_compression
                 defaults.update(height=h * k, width=w * k, num_frames=1 + vt.temporal_compression * (t - 1) if t > 1 else 1)

@@ -48,10 +48,11 @@ IMAGE_EVERY = 5         # one still image per this many records (joint T2V / T2I
 # The generation defaults written into the exported pipeline.json, checked on import by the validator
 # that checks every pipeline.json (`PipelineDefaults.check`). Guidance 2 and temperature 0.6 were
 # picked on the validation captions only (`lumos eval --sets val`); the held-out combinations were
-# scored once, afterwards (docs/eval-moving-digits.md).
+# scored once, afterwards (docs/eval-moving-digits.md). Trained on 5 latent frames: longer videos roll a
+# window of 4 frames and the one being decoded, the span it was trained on (README "Long videos").
 SAMPLING = PipelineDefaults.check({"height": 64, "width": 64, "num_frames": 17, "fps": 8, "num_inference_steps": 16,
                                    "guidance_scale": 2.0, "image_guidance_scale": 3.0, "history_mask_ratio": 0.7,
-                                   "temperature": 0.6})
+                                   "temperature": 0.6, "trained_frames": 5, "window_frames": 4, "sink_frames": 0})
 
 
 def prepared_with(data: str | Path) -> dict | None:
