@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "lumos"
-JOBS = ("train", "data", "world", "cli")
+JOBS = ("train", "data", "world", "serve", "cli")
 
 
 def module_name(path: Path, root: Path) -> str:
