@@ -452,6 +452,7 @@ class LumosPipeline:
     # ------------------------------------------------------------------------------------------ diffusers
     _interrupt: bool = False           # set by a step callback to stop the call (`__call__`)
     _progress_bar_config: dict = {}    # set_progress_bar_config
+    _compile: bool = False             # enable_compile
 
     @property
     def interrupt(self) -> bool:
@@ -474,6 +475,13 @@ class LumosPipeline:
             self.model.to(device=dev, dtype=dt)
         if isinstance(self.video_tokenizer, torch.nn.Module):
             self.video_tokenizer.to(dev)
+        return self
+
+    def enable_compile(self, enabled: bool = True) -> "LumosPipeline":
+        """Run the decoding steps through `torch.compile` (`lumos.sampling.compiled_step`: compiled once per
+        frame shape, the first call pays the compilation; CUDA graphs on a GPU). The same tokens as eager up
+        to float rounding. Returns self."""
+        self._compile = bool(enabled)
         return self
 
     def set_progress_bar_config(self, **kwargs) -> None:
@@ -527,7 +535,8 @@ class LumosPipeline:
         s, plan, _ = self.prepare(prompt, image, video, num_videos_per_prompt, settings, negative_prompt)
         self._interrupt = False
         out = generate(self.model, plan, s.sample, self.device_generator(generator, plan.n_cond), mode=mode,
-                       progress=self._progress(progress), callback=self._step_callback(callback_on_step_end))
+                       progress=self._progress(progress), callback=self._step_callback(callback_on_step_end),
+                       compile=self._compile and mode == "parallel")
         frames = [self._convert(c, s.num_frames, output_type) for c in out.codes]
         return LumosPipelineOutput(frames=frames) if return_dict else (frames,)
 
@@ -592,7 +601,7 @@ class LumosPipeline:
         if codes.shape[1]:
             yield new_frames(codes)
         for frame in iter_parallel(self.model, plan, s.sample, self.device_generator(generator, plan.n_cond),
-                                   progress=self._progress(progress),
+                                   progress=self._progress(progress), compile=self._compile,
                                    callback=self._step_callback(callback_on_step_end)):
             new = frame.cpu()[:, None]
             codes = torch.cat([codes, new], dim=1)

@@ -614,9 +614,22 @@ def _stop_requested(callback, f: int, s: int, ids: torch.Tensor, plan: "Plan") -
 
 
 @torch.inference_mode()
+def compiled_step(model):
+    """The model's forward for decoding steps and cache writes, compiled (`torch.compile`, inductor: C++ on
+    the CPU, Triton + CUDA graphs with mode "reduce-overhead" on CUDA), kept on the model: one compilation
+    per frame shape. With it `iter_parallel` attends over the whole static cache under a mask instead of
+    slicing it to the live prefix, so every step and every frame of a video has the same shapes."""
+    step = getattr(model, "_compiled_step", None)
+    if step is None:
+        mode = "reduce-overhead" if _model_device(model).type == "cuda" else None
+        step = torch.compile(model.forward, mode=mode, dynamic=False, fullgraph=True)
+        model._compiled_step = step
+    return step
+
+
 def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                   use_cache: bool = True, stats: Stats | None = None,
-                  progress: bool = False, callback=None) -> Iterator[torch.Tensor]:
+                  progress: bool = False, callback=None, compile: bool = False) -> Iterator[torch.Tensor]:
     """Masked parallel decoding; yields the codes [n_cond, h, w] of each generated frame when it is done.
 
     generator: a `torch.Generator`, or a list of n_cond (one per video: each row's randomness is drawn
@@ -626,7 +639,8 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
 
     use_cache=False recomputes the whole sequence at every step under the dense frame-causal mask,
     with the same history-masked copies of earlier frames in context (the reference's "V1" path; for
-    checking the cache and for the speed comparison)."""
+    checking the cache and for the speed comparison). compile=True runs the steps and cache writes
+    through `compiled_step` (the same tokens as eager, up to float rounding)."""
     vocab = plan.vocab
     device = plan.tokens.device
     generator = _generator(generator, device, plan.n_cond)
@@ -636,6 +650,9 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     F, slots = plan.num_frames, len(plan.frame_starts)
     if plan.rolling and not use_cache:
         raise LumosError("a rolling window needs the KV cache (use_cache=True)")
+    if compile and not use_cache:
+        raise LumosError("compile=True compiles the cached step: it needs use_cache=True")
+    forward = compiled_step(model) if compile else model
     counts = mask_schedule(N, cfg.num_inference_steps)
     unknown = [N] + counts[:-1]                                  # codes still masked before each step
     temps = remask_temperatures(cfg.remask_temperature, cfg.num_inference_steps, F, cfg.reference_compat)
@@ -653,7 +670,10 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
             if use_cache:
                 # The frame's queries see every real key up to the frame's end: all history and the frame
                 # itself (= the frame-causal rows of this frame), one row broadcast over the queries.
-                mask = plan.valid[:, None, None, :e0]                               # (B, 1, 1, e0)
+                # Compiled: the whole cache under that mask (kv_len None), one shape for every frame.
+                kv_len = None if compile else e0
+                mask = plan.valid[:, None, None, :e0] if not compile else \
+                    (plan.valid & (cols < e0))[:, None, None, :]                    # (B, 1, 1, e0 or L)
                 pos, cache_pos = plan.pos.slice(s0, e0), cols[s0:e0]
                 if not plan.reindex and f > slot:                 # positions keep growing: f - slot frames on
                     pos = add(pos, _frame_shift(plan, f - slot))
@@ -667,7 +687,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                           disable=not progress, leave=False):
                 x = frame.repeat(reps, 1)                                            # (B, Lf)
                 if use_cache:
-                    hidden = _forward(model, stats, x, pos, mask, cache_pos, e0)
+                    hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len)
                 else:
                     ctx[:, s0:e0] = x
                     hidden = _forward(model, stats, ctx[:, :e0], pos, mask)[:, s0:]
@@ -690,7 +710,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
             history[:, plan.hist_idx] = vocab.mask
             ctx[:, s0:e0] = history.repeat(reps, 1)
             if use_cache and f < F - 1:                           # the last frame is never attended to
-                _forward(model, stats, ctx[:, s0:e0], pos, mask, cache_pos, e0)
+                _forward(forward, stats, ctx[:, s0:e0].contiguous(), pos, mask, cache_pos, kv_len)   # a step's strides
             yield (frame[:, plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
     finally:
         if use_cache:
@@ -760,9 +780,9 @@ class Generation:
 
 
 def generate(model, plan: Plan, cfg: SampleConfig, generator=None, *,
-             mode: str = "parallel", progress: bool = False, callback=None) -> Generation:
+             mode: str = "parallel", progress: bool = False, callback=None, compile: bool = False) -> Generation:
     """Decode every frame of `plan`. mode: "parallel" (KV cache), "parallel-nocache", "next-token".
-    generator, callback: as in `iter_parallel` (a callback's stop leaves fewer frames in the codes)."""
+    generator, callback, compile: as in `iter_parallel` (a callback's stop leaves fewer frames in the codes)."""
     stats = Stats()
     if plan.rolling and mode != "parallel":
         raise LumosError(f"a rolling window (window_frames) needs mode 'parallel', not {mode!r}")
@@ -770,7 +790,7 @@ def generate(model, plan: Plan, cfg: SampleConfig, generator=None, *,
         frames = iter_next_token(model, plan, cfg, generator, stats=stats, progress=progress, callback=callback)
     elif mode in ("parallel", "parallel-nocache"):
         frames = iter_parallel(model, plan, cfg, generator, use_cache=mode == "parallel", stats=stats,
-                               progress=progress, callback=callback)
+                               progress=progress, callback=callback, compile=compile)
     else:
         raise LumosError(f"unknown decoding mode {mode!r}; expected one of {MODES}")
     frames = list(frames)

@@ -87,6 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                              "(nvidia/Cosmos-Tokenizer-DV4x8x8; default: tokenizer/ in the model folder)")
     m.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     m.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    m.add_argument("--compile", action="store_true", help="compile the decoding step with torch.compile (pays "
+                                                          "off over many videos: the first one compiles it)")
     SETTINGS.add(p.add_argument_group("size and sampling (default: the model's pipeline.json)"))
     add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -358,6 +360,7 @@ def run(args) -> int:
     # top_k beyond the codebook, a layout longer than the model's positions) before the weights are read.
     settings = {id(job): pipe.check(job.prompt, image=job.image, video=job.video, **kwargs) for job in todo_jobs}
     pipe.load_weights()
+    pipe.enable_compile(args.compile)
     for batch in batches(todo, args.batch_size):
         write_batch(pipe, batch, settings[id(batch[0].job)], kwargs, args, model_dir, rank, world)
     return 0

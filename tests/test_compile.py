@@ -1,0 +1,61 @@
+"""The compiled decoding step (`lumos.sampling.compiled_step`, `iter_parallel(compile=True)`): one
+compilation serves every step and every frame of a layout (the same frame size and number of frames;
+with a rolling window, any number of frames), and it gives eager's tokens.
+
+Tokens are compared with greedy settings: compiled kernels may sum in another order (a logit moves in
+its last bits), which could only flip an exact tie; the sharpened head keeps the logits far from ties.
+Inductor compiles C++ on the CPU: this test needs the machine's C compiler (CI has gcc) and takes
+~1 minute, most of it the one compilation."""
+
+import numpy as np
+import torch
+import torch._dynamo
+
+from lumos.config import ModelConfig
+from lumos.model import LumosModel
+from lumos.sampling import SampleConfig, generate, plan_generation
+from test_pipeline_cli import gen, tiny_pipe
+
+
+def test_compiled_step_compiles_once_and_matches_eager():
+    m = LumosModel.from_config(ModelConfig.from_name("tiny"), seed=0).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(20)
+    vocab = m.config.vocab
+    s = SampleConfig(num_inference_steps=3, guidance_scale=3.0, temperature=0, remask_temperature=0)
+
+    def run(text, frames, compile, **kw):
+        prompt = vocab.build_t2v(text, duration=2, fps=8, complete=False)
+        plan = plan_generation(m, [prompt, prompt], frames, 4, 4, SampleConfig(**{**vars(s), **kw}))
+        return generate(m, plan, plan_cfg(s, kw), [gen(1), gen(2)], compile=compile).codes
+
+    def plan_cfg(cfg, kw):
+        return SampleConfig(**{**vars(cfg), **kw})
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = run([1, 2, 3], 4, False)
+    compiled = run([1, 2, 3], 4, True)
+    assert torch.equal(compiled, eager)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs == 1, f"{graphs} graphs for one frame shape (steps and frames must share one)"
+    # another prompt of the same layout: no recompilation at all
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = run([4, 5, 6], 4, True)
+    assert torch.equal(again, run([4, 5, 6], 4, False))
+    # a rolling window fixes the layout whatever the video's length: one graph for all lengths
+    rolled = run([4, 5, 6], 9, True, window_frames=2, sink_frames=1)
+    assert torch.equal(rolled, run([4, 5, 6], 9, False, window_frames=2, sink_frames=1))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        longer = run([7, 8, 9], 14, True, window_frames=2, sink_frames=1)
+    assert torch.equal(longer, run([7, 8, 9], 14, False, window_frames=2, sink_frames=1))
+
+
+def test_pipeline_enable_compile():
+    pipe = tiny_pipe()
+    eager = pipe("a red 3", generator=gen(0), progress=False, temperature=0, remask_temperature=0,
+                 output_type="codes").frames[0]
+    pipe.enable_compile()
+    compiled = pipe("a red 3", generator=gen(0), progress=False, temperature=0, remask_temperature=0,
+                    output_type="codes").frames[0]
+    assert np.array_equal(compiled.numpy(), eager.numpy())
