@@ -206,3 +206,83 @@ def test_write_dataset_mp4_png_and_images(tmp_path):
     img = write_dataset(tmp_path / "img", n=2, split="train", seed=3, kind="image")
     row = next(csv.DictReader(open(img / "captions.csv")))
     assert IMAGE_CAPTION_RE.match(row["caption"]) and read_media(img / row["path"])[0].shape == (1, 64, 64, 3)
+
+
+# ============================================================================ edges: "inside" vs "wrap"
+WRAP = DigitsConfig(num_frames=65, edges="wrap")
+
+# sha256 over clips, captions and images of three configs, computed with the code BEFORE `edges`
+# existed: the default world ("inside") must stay bit-identical (the shipped model's records, every test).
+INSIDE_CHECKSUM = "0176b48509cf142e79a6b746d59d78652589184e56619d2e05f043404cf5dffc"
+
+
+def test_inside_clips_are_bit_identical_to_before_wrap_existed():
+    import hashlib
+    cfgs = [DigitsConfig(), DigitsConfig(num_digits=2), DigitsConfig(height=96, width=128, num_frames=33, digit_size=20)]
+    assert DigitsConfig().edges == "inside"
+    h = hashlib.sha256()
+    for ci, cfg in enumerate(cfgs):
+        for split in D.SPLITS:
+            for i in range(4):
+                v, cap, meta = sample_clip(split, np.random.default_rng([ci, i]), cfg)
+                h.update(v.tobytes())
+                h.update(cap.encode())
+                assert "edges" not in meta                           # the metadata of "inside" clips is unchanged too
+        img, cap, _ = sample_image("val", np.random.default_rng([ci, 99]), cfg)
+        h.update(img.tobytes())
+        h.update(cap.encode())
+    assert h.hexdigest() == INSIDE_CHECKSUM
+
+
+def test_wrap_config_validation():
+    assert WRAP.max_speed == WRAP.speed_max == 2.5                     # no cap: the digit may leave the canvas
+    with pytest.raises(LumosError, match="edges"):
+        DigitsConfig(edges="bounce")
+    with pytest.raises(LumosError, match="one digit"):
+        DigitsConfig(num_digits=2, edges="wrap")
+    with pytest.raises(LumosError, match="1.5 x digit_size"):
+        DigitsConfig(height=32, width=64, edges="wrap")
+    DigitsConfig(num_frames=257, edges="wrap")                          # any length
+
+
+def test_wrap_renders_a_digit_crossing_an_edge_on_both_sides():
+    """On the torus a glyph at x is the glyph at x - k px rolled by k: exact for whole-pixel shifts
+    (the offsets differ by an integer, so the resampling weights are the same numbers)."""
+    o = D.DigitObject(3, "red", "right", 5, 20.25, 10.5, 0.0)
+    inside = D.render([o], WRAP, num_frames=1)[0]
+    for shift in ((0, 40), (45, 0), (50, 38)):                          # right edge, bottom edge, the corner
+        moved = o._replace(x0=o.x0 + shift[1], y0=o.y0 + shift[0])
+        crossing = D.render([moved], WRAP, num_frames=1)[0]
+        assert np.array_equal(crossing, np.roll(inside, shift, axis=(0, 1))), shift
+    right = D.render([o._replace(x0=o.x0 + 40)], WRAP, num_frames=1)[0]  # box 60.25..84.25: mostly past the right edge
+    lit = right.max(-1).max(0) > 0                                      # lit columns
+    assert lit[:10].any() and lit[-4:].any() and not lit[25:56].any()   # the digit appears on the left, split
+    # "inside" would have drawn only the sliver left of the edge
+    assert (D.render([o._replace(x0=o.x0 + 40)], DigitsConfig(), num_frames=1)[0] > 0).sum() < (right > 0).sum() / 4
+
+
+def test_wrap_clips_conserve_brightness_move_anywhere_and_keep_their_caption():
+    rng = np.random.default_rng(6)
+    crossing_frames, xs = 0, []
+    for i in range(12):
+        video, caption, meta = sample_clip("val", rng, WRAP)
+        o = meta["objects"][0]
+        assert video.shape == (65, 64, 64, 3) and meta["edges"] == "wrap" and CAPTION_RE.match(caption)
+        traj = np.asarray(o["trajectory"])                              # the box centre modulo the canvas
+        assert traj.min() >= 0 and traj.max() < 64
+        xs.append(traj[0])
+        mass = video.max(-1).astype(np.float64).sum(axis=(1, 2))       # total brightness per frame
+        # a speed of >= 1 px/frame over 64 frames crosses an edge at least once
+        lit = video.max(-1) > 0
+        crossing = (lit[:, :, 0].any(1) & lit[:, :, -1].any(1)) | (lit[:, 0, :].any(1) & lit[:, -1, :].any(1))
+        assert crossing.any(), caption
+        crossing_frames += crossing.sum()
+        # a crossing digit keeps all of its brightness (only sub-pixel resampling changes it a little)
+        assert np.abs(mass / np.median(mass) - 1).max() < 0.03, (caption, mass.min(), mass.max())
+        # every step moves the named way at the recorded speed, modulo the canvas
+        dx, dy = DIRECTIONS[o["direction"]]
+        steps = np.mod(np.diff(traj, axis=0) + 32, 64) - 32
+        assert np.allclose(steps, np.array([dx, dy]) * o["speed"], atol=2e-3)
+    assert crossing_frames > 50
+    xs = np.asarray(xs)
+    assert xs.max() > 64 - 12 or xs.min() < 12                          # starts anywhere, not only inside

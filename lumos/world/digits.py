@@ -29,6 +29,16 @@ Design choices, and why:
   stays fully inside the canvas for the whole clip: at 64 px, a 24 px digit and 17 frames it can
   travel at most 40 px). Positions are sub-pixel: the glyph is resampled at every frame, so motion
   is smooth, not in whole-pixel jumps.
+- Long clips (`edges="wrap"`): a digit that stays inside a 64 px canvas cannot travel for 65 or 129
+  frames, so the canvas can be a torus instead: a digit leaving one edge re-enters from the opposite
+  edge (drawn split over both edges while it crosses), keeps its speed and direction, and the
+  caption stays true in every frame. Wrap-around, not bouncing: a bounce reverses the motion, and a
+  digit "moving left" that moves right half of the time contradicts its caption. With "wrap" the
+  speed cap does not apply (any speed in [speed_min, speed_max]) and the start position is anywhere
+  on the canvas; the trajectory in the metadata is the box centre modulo the canvas. The default
+  `edges="inside"` is the original world, bit for bit. Two-digit clips are not offered with "wrap"
+  (on a torus two digits moving different ways meet sooner or later, so "never hide each other"
+  cannot hold for long clips); still images stay inside the canvas either way.
 - The split is by handwriting sample (`sample_splits`): within each digit class a fixed permutation
   puts 85% of the scans in "train" and 15% in "val". Validation clips therefore show handwriting
   the model has never seen.
@@ -47,6 +57,8 @@ Everything is deterministic given an explicit `np.random.Generator`; nothing see
     import numpy as np
     from lumos.world.digits import DigitsConfig, sample_clip, write_dataset
     video, caption, meta = sample_clip("train", np.random.default_rng(0))   # uint8 [17, 64, 64, 3]
+    long = DigitsConfig(num_frames=65, edges="wrap")                       # a toroidal canvas, any length
+    video, caption, meta = sample_clip("val", np.random.default_rng(0), long)  # uint8 [65, 64, 64, 3]
     write_dataset("data/digits-train", n=10_000, split="train", seed=0)     # mp4 files + captions.csv
 """
 
@@ -82,6 +94,7 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
 }
 DIGITS = tuple(range(10))
 SPLITS = ("train", "val", "heldout")
+EDGES = ("inside", "wrap")   # DigitsConfig.edges: what happens at the canvas edges (module docstring)
 
 _COLOUR_NAMES = tuple(COLOURS)
 _DIRECTION_NAMES = tuple(DIRECTIONS)
@@ -117,11 +130,20 @@ class DigitsConfig:
     num_digits: int = 1       # digits per clip (1 or 2)
     digit_size: int = 24      # side of the upscaled 8x8 glyph box, px (3x)
     speed_min: float = 1.0    # px per frame
-    speed_max: float = 2.5    # px per frame; capped further so the digit never leaves the canvas
+    speed_max: float = 2.5    # px per frame; with edges="inside" capped further so the digit never leaves the canvas
+    edges: str = "inside"     # "inside": the whole trajectory stays on the canvas; "wrap": toroidal canvas (long clips)
 
     def __post_init__(self):
         if self.num_digits not in (1, 2):
             raise LumosError(f"num_digits must be 1 or 2, got {self.num_digits}")
+        if self.edges not in EDGES:
+            raise LumosError(f"edges must be one of {', '.join(EDGES)}, got {self.edges!r}")
+        if self.edges == "wrap" and self.num_digits != 1:
+            raise LumosError("edges='wrap' supports one digit per clip (on a torus two digits would meet)")
+        if self.edges == "wrap" and min(self.height, self.width) < 1.5 * self.digit_size:
+            # the bicubic glyph reaches 1.5 source px beyond its box: its two wrapped halves must not meet
+            raise LumosError(f"edges='wrap' needs a canvas of at least 1.5 x digit_size = {1.5 * self.digit_size:g} px "
+                             f"per side, got {self.width}x{self.height}")
         if self.num_frames < 1 or self.fps < 1:
             raise LumosError("num_frames and fps must be >= 1")
         if not 8 <= self.digit_size <= min(self.height, self.width):
@@ -135,7 +157,10 @@ class DigitsConfig:
 
     @property
     def max_speed(self) -> float:
-        """The fastest speed (px/frame) at which the whole trajectory stays inside the canvas."""
+        """The fastest speed (px/frame) a clip may have: with edges="inside" the fastest at which the whole
+        trajectory stays inside the canvas; with "wrap" simply speed_max."""
+        if self.edges == "wrap":
+            return self.speed_max
         room = min(self.height, self.width) - self.digit_size
         return min(self.speed_max, room / max(self.num_frames - 1, 1))
 
@@ -197,15 +222,28 @@ def _cubic_weights(u: np.ndarray, n: int) -> np.ndarray:
                     np.where(s < 2, a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a, 0.0))
 
 
-def glyph_alpha(glyph: np.ndarray, boxes: np.ndarray, size: int, height: int, width: int) -> np.ndarray:
+def glyph_alpha(glyph: np.ndarray, boxes: np.ndarray, size: int, height: int, width: int,
+                wrap: bool = False) -> np.ndarray:
     """Coverage in [0, 1], float32 `[T, height, width]`, of an 8x8 `glyph` scaled to a `size` px box
     whose top-left corner is at `boxes[t]` = (x, y) (sub-pixel). The glyph is sampled at every canvas
-    pixel centre with separable bicubic weights, so a fractional move shifts the digit smoothly."""
+    pixel centre with separable bicubic weights, so a fractional move shifts the digit smoothly.
+
+    wrap=True: the canvas is a torus. Each pixel's offset from the box corner is taken modulo the
+    canvas, in [-margin, side - margin), which is the sum of the glyph drawn at its shifted copies
+    (x + kW, y + lH) and clipped to the canvas (the copies never overlap: the glyph's support, its
+    box plus 1.5 source px each side, is narrower than the canvas, `DigitsConfig` checks it)."""
     n = glyph.shape[0]
     scale = size / n
-    # source coordinate of each canvas pixel centre: pixel c has centre c + 0.5
-    u = (np.arange(width) + 0.5 - boxes[:, :1]) / scale - 0.5      # [T, W]
-    v = (np.arange(height) + 0.5 - boxes[:, 1:]) / scale - 0.5     # [T, H]
+    # offset of each canvas pixel centre from the box corner: pixel c has centre c + 0.5
+    du = np.arange(width) + 0.5 - boxes[:, :1]                     # [T, W] px
+    dv = np.arange(height) + 0.5 - boxes[:, 1:]                    # [T, H] px
+    if wrap:
+        margin = 2.0 * scale                                       # the glyph reaches 1.5 source px left/above its box
+        du = np.mod(du + margin, width) - margin
+        dv = np.mod(dv + margin, height) - margin
+    # source coordinate (glyph pixel i centred at i) of each canvas pixel centre
+    u = du / scale - 0.5                                           # [T, W]
+    v = dv / scale - 0.5                                           # [T, H]
     wu, wv = _cubic_weights(u, n), _cubic_weights(v, n)              # [T, W, 8], [T, H, 8]
     alpha = (wv @ glyph.astype(np.float64)) @ wu.transpose(0, 2, 1)   # [T, H, 8] @ [T, 8, W] -> [T, H, W]
     return np.clip(alpha, 0.0, 1.0).astype(np.float32)
@@ -213,12 +251,15 @@ def glyph_alpha(glyph: np.ndarray, boxes: np.ndarray, size: int, height: int, wi
 
 def render(objects: list[DigitObject], cfg: DigitsConfig = DigitsConfig(), num_frames: int | None = None) -> np.ndarray:
     """Paint `objects` (later ones on top) on a black canvas: uint8 `[T, H, W, 3]`, T = num_frames
-    (default cfg.num_frames). Pixel = alpha * colour, composited with alpha ("over")."""
+    (default cfg.num_frames). Pixel = alpha * colour, composited with alpha ("over"). With
+    cfg.edges == "wrap" a digit is drawn at its position modulo the canvas (split over two edges
+    while it crosses one)."""
     T = cfg.num_frames if num_frames is None else num_frames
     images, _ = load_digit_images()
     canvas = np.zeros((T, cfg.height, cfg.width, 3), np.float32)
     for obj in objects:
-        a = glyph_alpha(images[obj.sample_index], obj.boxes(T), cfg.digit_size, cfg.height, cfg.width)[..., None]
+        a = glyph_alpha(images[obj.sample_index], obj.boxes(T), cfg.digit_size, cfg.height, cfg.width,
+                        wrap=cfg.edges == "wrap")[..., None]
         canvas = canvas * (1 - a) + a * np.asarray(COLOURS[obj.colour], np.float32)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
@@ -272,6 +313,10 @@ def _sample_objects(split: str, rng: np.random.Generator, cfg: DigitsConfig, sti
         if still:
             direction, speed = None, 0.0
             x0, y0 = rng.uniform(0, cfg.width - S), rng.uniform(0, cfg.height - S)
+        elif cfg.edges == "wrap":
+            # a torus: any speed, any start; the digit re-enters from the opposite edge
+            speed = float(rng.uniform(cfg.speed_min, cfg.speed_max))
+            x0, y0 = rng.uniform(0, cfg.width), rng.uniform(0, cfg.height)
         else:
             speed = float(rng.uniform(cfg.speed_min, cfg.max_speed))
             travel = speed * (cfg.num_frames - 1)
@@ -297,15 +342,25 @@ def _too_close(a: DigitObject, b: DigitObject, cfg: DigitsConfig) -> bool:
 
 def _metadata(objects: list[DigitObject], cfg: DigitsConfig, split: str, num_frames: int) -> dict:
     half = cfg.digit_size / 2
-    return {
+    wrap = cfg.edges == "wrap"
+    size = np.array([cfg.width, cfg.height], np.float64)
+
+    def centres(o: DigitObject) -> np.ndarray:
+        c = o.boxes(num_frames) + half                           # [T, 2]
+        return np.mod(c, size) if wrap else c                    # a torus: the centre modulo the canvas
+
+    meta = {
         "split": split, "height": cfg.height, "width": cfg.width, "num_frames": num_frames, "fps": cfg.fps,
         "objects": [{
             "digit": o.digit, "colour": o.colour, "direction": o.direction, "sample_index": o.sample_index,
             "speed": o.speed,
-            # centre of the digit box per frame, px (x right, y down)
-            "trajectory": (o.boxes(num_frames) + half).round(3).tolist(),
+            # centre of the digit box per frame, px (x right, y down); modulo the canvas with edges="wrap"
+            "trajectory": centres(o).round(3).tolist(),
         } for o in objects],
     }
+    if wrap:
+        meta["edges"] = "wrap"                 # only then, so that "inside" metadata stays as it always was
+    return meta
 
 
 def sample_clip(split: str, rng: np.random.Generator, cfg: DigitsConfig = DigitsConfig()):

@@ -7,6 +7,15 @@ compares it with next-token decoding of the same model, and scores ground-truth 
 trip through the pipeline's video tokenizer (the "tokenizer ceiling": a model cannot draw sharper
 than its tokenizer decodes, and a blurry 8 reads as a 3 in some frames); `write_report` writes
 report.json and report.md. The command (`lumos.cli.eval`) is a thin layer over these.
+
+`evaluate_long(pipe, items, lengths, ...)` is the long-video set (`lumos eval --long 65,129`): the
+same prompts, batches and seeds, generated at each length (1 + 16k frames, far beyond the 17 frames of
+training; `window_frames` / `sink_frames` go to the pipeline's rolling KV-cache window when given)
+and scored on the world's toroidal canvas (`edges="wrap"`: a digit leaving one edge re-enters from
+the other, so the caption holds for any length). Each clip is scored whole and per segment
+(`segments`: the first 17 frames, the length the model was trained on, then every 16 frames = 4
+latent frames), and the per-segment rates across clips show the drift over time. Its tokenizer
+ceiling scores the world's own wrapped clips of each length after a round trip through the tokenizer.
 """
 
 from __future__ import annotations
@@ -23,10 +32,12 @@ import torch
 from lumos.sampling import SampleConfig, check_seed
 from lumos.utils import LumosError, atomic_write, atomic_write_json
 from lumos.world import digits as D
-from lumos.world.scoring import WORLD, score_video
+from lumos.world.scoring import WORLD, analyse_video, score_video
 
 SETS = ("val", "heldout", "i2v")
 PROMPT_SEED = 20_250_801  # the prompt sets are fixed (independent of --seed) so runs stay comparable
+SEGMENT = 16              # pixel frames per segment of a long video after the first (4 latent frames at k_t = 4)
+LONG_KEYS = ("window_frames", "sink_frames")   # the pipeline's rolling-window keywords, passed only when given
 
 
 # ------------------------------------------------------------------------------------------ prompts
@@ -82,9 +93,9 @@ def _generator(seed: int, *key: int) -> torch.Generator:
 GEOMETRY = dict(num_frames=WORLD.num_frames, height=WORLD.height, width=WORLD.width, fps=WORLD.fps)
 
 
-def _check_video(v, caption: str) -> np.ndarray:
+def _check_video(v, caption: str, num_frames: int = WORLD.num_frames) -> np.ndarray:
     v = np.asarray(v)
-    want = (WORLD.num_frames, WORLD.height, WORLD.width, 3)
+    want = (num_frames, WORLD.height, WORLD.width, 3)
     if v.dtype != np.uint8 or v.shape != want:
         raise LumosError(f"the pipeline returned {v.dtype} {tuple(v.shape)} for {caption!r}; expected uint8 {want}")
     return v
@@ -99,13 +110,19 @@ def _batches(items: list[Item], batch_size: int):
             yield set_index, b, start, group[start:start + batch_size]
 
 
-def check_run(pipe, items: list[Item], batch_size: int = 8, **settings) -> dict:
+def check_run(pipe, items: list[Item], batch_size: int = 8, *, num_frames: int | None = None,
+              window_frames: int | None = None, sink_frames: int | None = None, **settings) -> dict:
     """The checks of an evaluation that run no model: the batch size, the settings (the fields of
     `SampleConfig`) and, for a `LumosPipeline` (even one opened with weights=False), every batch's call
-    (`LumosPipeline.check`: top_k, length...). Returns the keywords of every pipeline call."""
+    (`LumosPipeline.check`: top_k, length...). num_frames: the videos' length (default the world's 17);
+    window_frames / sink_frames: the rolling KV-cache window of a long video, passed to the pipeline
+    only when given. Returns the keywords of every pipeline call."""
     if batch_size < 1:
         raise LumosError(f"batch size must be >= 1, got {batch_size}")
-    kwargs = {**GEOMETRY, **SampleConfig.check({k: v for k, v in settings.items() if v is not None})}
+    window = {k: v for k, v in zip(LONG_KEYS, (window_frames, sink_frames)) if v is not None}
+    kwargs = {**GEOMETRY, **SampleConfig.check({k: v for k, v in settings.items() if v is not None}), **window}
+    if num_frames is not None:
+        kwargs["num_frames"] = num_frames
     if hasattr(pipe, "check"):
         for set_index, _, _, batch in _batches(items, batch_size):
             images = [it.image for it in batch] if SETS[set_index] == "i2v" else None
@@ -132,20 +149,11 @@ def evaluate(pipe, items: list[Item], seed: int = 0, *, batch_size: int = 8, nex
     filled = pipe.settings(**kwargs).to_dict() if hasattr(pipe, "settings") else kwargs
     rows, per_video_s = [], []
     bar = tqdm(total=len(items), desc="eval", unit="video", disable=not progress)
-    for set_index, b, start, batch in _batches(items, batch_size):
-        images = [it.image for it in batch] if SETS[set_index] == "i2v" else None
-        t0 = time.perf_counter()
-        videos = pipe([it.caption for it in batch], image=images, generator=_generator(seed, set_index, b),
-                      progress=False, **kwargs).frames
-        seconds = (time.perf_counter() - t0) / len(batch)
-        per_video_s += [seconds] * len(batch)
-        for k, (it, v) in enumerate(zip(batch, videos)):
-            v = _check_video(v, it.caption)
-            row = {"set": it.set, "index": start + k, "caption": it.caption,
-                   "expected": {"digit": it.digit, "colour": it.colour, "direction": it.direction},
-                   **score_video(v, it.digit, it.colour, it.direction, it.image), "seconds": round(seconds, 4)}
-            rows.append(row)
-        bar.update(len(batch))
+    for it, index, v, seconds in _generate(pipe, items, seed, batch_size, kwargs, bar):
+        per_video_s.append(seconds)
+        rows.append({"set": it.set, "index": index, "caption": it.caption,
+                     "expected": {"digit": it.digit, "colour": it.colour, "direction": it.direction},
+                     **score_video(v, it.digit, it.colour, it.direction, it.image), "seconds": round(seconds, 4)})
     bar.close()
     report = {
         "seed": seed, "settings": filled, "batch_size": batch_size, "prompt_seed": PROMPT_SEED,
@@ -167,6 +175,21 @@ def evaluate(pipe, items: list[Item], seed: int = 0, *, batch_size: int = 8, nex
     return report
 
 
+def _generate(pipe, items: list[Item], seed: int, batch_size: int, kwargs: dict, bar, key: tuple = ()):
+    """Generate `items` batch by batch with the call keywords `kwargs`; yields (item, its index in its
+    set, uint8 video [num_frames, H, W, 3], wall seconds per video of its batch). Batch b of set s
+    draws from `_generator(seed, s, b, *key)`, so any batch can be rerun alone."""
+    for set_index, b, start, batch in _batches(items, batch_size):
+        images = [it.image for it in batch] if SETS[set_index] == "i2v" else None
+        t0 = time.perf_counter()
+        videos = pipe([it.caption for it in batch], image=images, generator=_generator(seed, set_index, b, *key),
+                      progress=False, **kwargs).frames
+        seconds = (time.perf_counter() - t0) / len(batch)
+        for k, (it, v) in enumerate(zip(batch, videos)):
+            yield it, start + k, _check_video(v, it.caption, kwargs["num_frames"]), seconds
+        bar.update(len(batch))
+
+
 def aggregate(rows: list[dict]) -> dict:
     """Per set: videos, and the share (%) of videos whose digit / colour / direction is right, that
     are stable, that pass all four; for i2v also the mean IoU and the I2V pass share."""
@@ -186,25 +209,31 @@ def aggregate(rows: list[dict]) -> dict:
     return out
 
 
-def tokenizer_ceiling(pipe, n: int = 32) -> dict | None:
+def tokenizer_ceiling(pipe, n: int = 32, num_frames: int | None = None) -> dict | None:
     """The scores of a perfect model: `n` ground-truth validation clips (fixed by PROMPT_SEED) encoded
     and decoded by the pipeline's video tokenizer, then scored like generated videos. A model can at
     best reproduce its tokenizer's reconstructions, so this row says how much of a shortfall is the
     tokenizer's (a blurry reconstruction of an 8 reads as a 3 in some frames). None when the pipeline
-    has no `video_tokenizer`."""
+    has no `video_tokenizer`. num_frames (the long set): clips of that length on the world's toroidal
+    canvas (`edges="wrap"`), scored like the long set (`score_long`), with per-segment rates too."""
     vt = getattr(pipe, "video_tokenizer", None)
     if vt is None:
         return None
+    cfg = WORLD if num_frames is None else dataclasses.replace(WORLD, num_frames=num_frames, edges="wrap")
     rng = np.random.default_rng([PROMPT_SEED, 2])
     rows, psnrs = [], []
     for _ in range(n):
-        video, caption, _ = D.sample_clip("val", rng, WORLD)
+        video, caption, _ = D.sample_clip("val", rng, cfg)
         with torch.inference_mode():
-            recon = _check_video(np.asarray(vt.decode(vt.encode(video)))[:WORLD.num_frames], caption)
+            recon = _check_video(np.asarray(vt.decode(vt.encode(video)))[:cfg.num_frames], caption, cfg.num_frames)
         psnrs.append(D.psnr(video, recon))
         it = _item("val", caption)
-        rows.append({"set": "val", **score_video(recon, it.digit, it.colour, it.direction)})
-    return {**aggregate(rows)["val"], "psnr_db": round(float(np.mean(psnrs)), 2)}
+        score = score_video if num_frames is None else score_long
+        rows.append({"set": "val", **score(recon, it.digit, it.colour, it.direction)})
+    out = {**aggregate(rows)["val"], "psnr_db": round(float(np.mean(psnrs)), 2)}
+    if num_frames is not None:
+        out["per_segment"] = aggregate_segments(rows)["val"]
+    return out
 
 
 def compare_decoding(pipe, items: list[Item], seed: int, **kwargs) -> dict:
@@ -241,6 +270,118 @@ def compare_decoding(pipe, items: list[Item], seed: int, **kwargs) -> dict:
             "next_token_scores": aggregate([{**r, "set": "val"} for r in rows]).get("val"), "videos": rows}
 
 
+# ------------------------------------------------------------------------------------------ long videos
+def check_lengths(lengths) -> list[int]:
+    """The lengths of the long set, checked: each 1 + 16k frames (k >= 1: 17, 33, 65, 129, ...), so that
+    every clip splits into whole segments (`segments`). Sorted, without repeats."""
+    out = sorted({int(n) for n in lengths})
+    bad = [n for n in out if n < WORLD.num_frames or (n - 1) % SEGMENT]
+    if not out or bad:
+        raise LumosError(f"long-video lengths must be 1 + {SEGMENT}k frames (17, 33, 65, 129, ...), got "
+                         f"{', '.join(map(str, bad)) or 'none'}")
+    return out
+
+
+def segments(num_frames: int) -> list[tuple[int, int]]:
+    """[(start, stop), ...] pixel frames of each segment of a long video: the first 17 frames (the
+    clip length of training: the first latent frame and 4 more), then every SEGMENT = 16 frames (4
+    latent frames). 65 frames -> (0, 17), (17, 33), (33, 49), (49, 65)."""
+    first = WORLD.num_frames
+    return [(0, first)] + [(a, a + SEGMENT) for a in range(first, num_frames - SEGMENT + 1, SEGMENT)]
+
+
+_SEGMENT_KEYS = ("digit_pred", "digit_correct", "colour_pred", "colour_correct", "direction_pred", "displacement",
+                 "direction_correct", "stable", "all_correct")
+
+
+def score_long(video, digit: int, colour: str, direction: str, image: np.ndarray | None = None) -> dict:
+    """A long video (uint8 [T, H, W, 3], T = 1 + 16k) against its caption, read on a toroidal canvas
+    (`analyse_video(wrap=True)`, each frame read once): the scores of the whole clip (`score_video`)
+    plus "segments", one compact row per segment (`segments`): digit, colour, direction, stable."""
+    a = analyse_video(video, wrap=True)
+    row = score_video(a, digit, colour, direction, image)
+    row["segments"] = []
+    for lo, hi in segments(len(a.area)):
+        seg = score_video(a.frames(lo, hi), digit, colour, direction)
+        row["segments"].append({"frames": [lo, hi], **{k: seg[k] for k in _SEGMENT_KEYS}})
+    return row
+
+
+def aggregate_segments(rows: list[dict]) -> dict:
+    """Per set: one entry per segment index across the set's clips (`segment`, its `frames`, videos,
+    and the share (%) right of digit / colour / direction / stable / all four): the drift over time."""
+    pct = lambda xs: round(100.0 * sum(bool(x) for x in xs) / len(xs), 2)          # noqa: E731
+    out = {}
+    for set_ in SETS:
+        rs = [r for r in rows if r["set"] == set_]
+        if not rs:
+            continue
+        per = []
+        for i, first in enumerate(rs[0]["segments"]):                   # the clips of a set share one length
+            segs = [r["segments"][i] for r in rs]
+            per.append({"segment": i, "frames": first["frames"], "videos": len(segs),
+                        **{k: pct([s[k] for s in segs]) for k in
+                           ("digit_correct", "colour_correct", "direction_correct", "stable", "all_correct")}})
+        out[set_] = per
+    return out
+
+
+def evaluate_long(pipe, items: list[Item], lengths, seed: int = 0, *, batch_size: int = 8,
+                  window_frames: int | None = None, sink_frames: int | None = None, ceiling_clips: int = 8,
+                  progress: bool = True, **settings) -> dict:
+    """The long-video set: every item generated at each of `lengths` (pixel frames, 1 + 16k, see
+    `check_lengths`) with `pipe`, the same batches and seeds as `evaluate` (batch b of set s of length L
+    draws from `_generator(seed, s, b, L)`), scored whole and per segment on the toroidal canvas
+    (`score_long`). window_frames / sink_frames: the pipeline's rolling KV-cache window (latent frames
+    kept besides the sinks / from the start), passed only when given. ceiling_clips > 0 also scores that
+    many of the world's own wrapped clips of each length through the video tokenizer.
+
+    Returns a report for `write_report`: settings (of the longest length), timing, "long" = {window_frames,
+    sink_frames, lengths: {str(L): {num_frames, segments, aggregates (whole clips, per set),
+    per_segment (per set), median_s_per_video, ceiling}}}, and one row per video (with its segments)."""
+    from tqdm.auto import tqdm
+
+    check_seed(seed)
+    lengths = check_lengths(lengths)
+    # every batch of every length checked before any is generated
+    calls = {n: check_run(pipe, items, batch_size, num_frames=n, window_frames=window_frames,
+                          sink_frames=sink_frames, **settings) for n in lengths}
+    window = {k: v for k, v in calls[lengths[-1]].items() if k in LONG_KEYS}
+    base = {k: v for k, v in calls[lengths[-1]].items() if k not in LONG_KEYS}
+    filled = pipe.settings(**base).to_dict() if hasattr(pipe, "settings") else base
+    rows, per_length, all_s = [], {}, []
+    bar = tqdm(total=len(items) * len(lengths), desc="eval --long", unit="video", disable=not progress)
+    for n in lengths:
+        length_rows, per_video_s = [], []
+        for it, index, v, seconds in _generate(pipe, items, seed, batch_size, calls[n], bar, key=(n,)):
+            per_video_s.append(seconds)
+            length_rows.append({"set": it.set, "index": index, "caption": it.caption, "num_frames": n,
+                                "expected": {"digit": it.digit, "colour": it.colour, "direction": it.direction},
+                                **score_long(v, it.digit, it.colour, it.direction, it.image),
+                                "seconds": round(seconds, 4)})
+        per_length[str(n)] = {
+            "num_frames": n, "segments": [list(x) for x in segments(n)],
+            "aggregates": aggregate(length_rows), "per_segment": aggregate_segments(length_rows),
+            "median_s_per_video": round(statistics.median(per_video_s), 4) if per_video_s else None,
+            "ceiling": tokenizer_ceiling(pipe, ceiling_clips, n) if ceiling_clips > 0 else None,
+        }
+        rows += length_rows
+        all_s += per_video_s
+    bar.close()
+    return {
+        "seed": seed, "settings": filled, "batch_size": batch_size, "prompt_seed": PROMPT_SEED,
+        "torch_threads": torch.get_num_threads(), "device": str(getattr(pipe, "device", "cpu")),
+        "timing": {"median_s_per_video": None, "frames_per_video": lengths[-1], "batch_size": batch_size,
+                   "note": f"per length in long.lengths[L].median_s_per_video, {torch.get_num_threads()} torch threads"},
+        "aggregates": {},
+        "next_token": None,
+        "ceiling": None,
+        "long": {"window_frames": window.get("window_frames"), "sink_frames": window.get("sink_frames"),
+                 "segment_frames": SEGMENT, "lengths": per_length},
+        "videos": rows,
+    }
+
+
 # ------------------------------------------------------------------------------------------ report
 _COLUMNS = (("videos", "videos"), ("digit_correct", "digit %"), ("colour_correct", "colour %"),
             ("direction_correct", "direction %"), ("stable", "identity stable %"), ("all_correct", "all four %"),
@@ -250,17 +391,11 @@ _COLUMNS = (("videos", "videos"), ("digit_correct", "digit %"), ("colour_correct
 def format_markdown(report: dict) -> str:
     """The aggregates as a Markdown table (held-out row first: it is the number that matters), then
     the timing and the next-token comparison."""
+    if report.get("long"):
+        return format_long_markdown(report)
     aggs = report["aggregates"]
-    lines = ["| set | " + " | ".join(label for _, label in _COLUMNS) + " |",
-             "|---|" + "---:|" * len(_COLUMNS)]
-    for set_ in ("heldout", "val", "i2v"):
-        if set_ in aggs:
-            cells = [_cell(aggs[set_].get(key)) for key, _ in _COLUMNS]
-            lines.append(f"| {set_} | " + " | ".join(cells) + " |")
+    lines = _set_table(aggs, report.get("ceiling"))
     ceiling = report.get("ceiling")
-    if ceiling:
-        cells = [_cell(ceiling.get(key)) for key, _ in _COLUMNS]
-        lines.append("| tokenizer ceiling | " + " | ".join(cells) + " |")
     t = report["timing"]
     if t.get("median_s_per_video") is not None:
         lines.append("")
@@ -276,6 +411,53 @@ def format_markdown(report: dict) -> str:
                      f"({nt['forwards'].get('next-token')} vs {nt['forwards'].get('parallel')} forward passes).")
     elif nt:
         lines.append(f"Next-token decoding: skipped ({nt.get('skipped')}).")
+    return "\n".join(lines)
+
+
+def _set_table(aggs: dict, ceiling: dict | None) -> list[str]:
+    """The rows of the per-set table (held-out first), and the tokenizer ceiling's."""
+    lines = ["| set | " + " | ".join(label for _, label in _COLUMNS) + " |",
+             "|---|" + "---:|" * len(_COLUMNS)]
+    for set_ in ("heldout", "val", "i2v"):
+        if set_ in aggs:
+            cells = [_cell(aggs[set_].get(key)) for key, _ in _COLUMNS]
+            lines.append(f"| {set_} | " + " | ".join(cells) + " |")
+    if ceiling:
+        cells = [_cell(ceiling.get(key)) for key, _ in _COLUMNS]
+        lines.append("| tokenizer ceiling | " + " | ".join(cells) + " |")
+    return lines
+
+
+_SEGMENT_COLUMNS = (("videos", "videos"), ("digit_correct", "digit %"), ("colour_correct", "colour %"),
+                    ("direction_correct", "direction %"), ("stable", "identity stable %"),
+                    ("all_correct", "all four %"))
+
+
+def format_long_markdown(report: dict) -> str:
+    """The long-video set: per length, the whole-clip table (as `format_markdown`'s) and a per-segment
+    table (one row per set and segment, then the tokenizer ceiling's segments): the drift over time."""
+    long = report["long"]
+    window = ("all latent frames in the cache" if long.get("window_frames") is None
+              else f"window {long['window_frames']} latent frames")
+    lines = [f"Long videos: {window}, {long.get('sink_frames') or 0} sink frames; scored on the toroidal canvas, "
+             f"whole clips and per segment (the first 17 frames, then every {long['segment_frames']})."]
+    for key, L in long["lengths"].items():
+        lines += ["", f"### {L['num_frames']} frames", "", "Whole clips:", ""]
+        lines += _set_table(L["aggregates"], L.get("ceiling"))
+        lines += ["", "Per segment:", "",
+                  "| set | segment | frames | " + " | ".join(label for _, label in _SEGMENT_COLUMNS) + " |",
+                  "|---|---:|---|" + "---:|" * len(_SEGMENT_COLUMNS)]
+        per = dict(L["per_segment"])
+        if L.get("ceiling") and L["ceiling"].get("per_segment"):
+            per["tokenizer ceiling"] = L["ceiling"]["per_segment"]
+        for set_ in ("heldout", "val", "i2v", "tokenizer ceiling"):
+            for seg in per.get(set_, ()):
+                lo, hi = seg["frames"]
+                cells = [_cell(seg.get(k)) for k, _ in _SEGMENT_COLUMNS]
+                lines.append(f"| {set_} | {seg['segment']} | {lo}-{hi - 1} | " + " | ".join(cells) + " |")
+        if L.get("median_s_per_video") is not None:
+            lines += ["", f"Generation: {L['median_s_per_video']:.3f} s per {L['num_frames']}-frame video (median; "
+                          f"batch {report['batch_size']}, {report['torch_threads']} torch threads, {report['device']})."]
     return "\n".join(lines)
 
 
