@@ -31,6 +31,13 @@ def test_forward_counts_match_the_formulas(guidance):
     assert Counting.calls == 2 * sum(by.values())              # each mode ran twice (warm-up + 1 timed)
 
 
+def test_the_compiled_mode_counts_the_same_passes():
+    from lumos.model import LumosModel
+    model = LumosModel.from_config(ModelConfig.from_name("tiny"), seed=0).eval()
+    (row,) = run_bench(model, 2, 4, 3, 2, modes=["compiled"], guidance_scale=3.0, repeats=1, text_len=5)
+    assert row.mode == "compiled" and row.forwards == row.expected == 3 * (2 + 1)
+
+
 def test_bench_command_prints_the_table(capsys):
     assert main(["bench", "--height", "16", "--width", "16", "--frames", "2", "--steps", "3", "--repeats", "1",
                  "--threads", "1"]) == 0
@@ -40,3 +47,80 @@ def test_bench_command_prints_the_table(capsys):
     assert "next-token / parallel (KV cache):" in out
     assert main(["bench", "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_table_writes_the_markdown_file(tmp_path, capsys):
+    out = tmp_path / "tmp" / "perf.md"
+    assert main(["bench", "--table", "--out", str(out), "--table-rows", "tiny@2x4x4:2", "--repeats", "1",
+                 "--text-len", "4", "--threads", "1"]) == 0
+    text = out.read_text()
+    print(text)
+    assert "| model | params | frame size (F x h x w) | steps |" in text and "| peak memory |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| tiny@2x4x4:2")]
+    assert len(rows) == 3                                         # one per mode
+    for label in ("parallel, KV cache", "parallel, no KV cache", "next-token, KV cache"):
+        assert sum(f"| {label} |" in r for r in rows) == 1
+    assert "| 6 |" in rows[0] and "| 4 |" in rows[1] and "| 33 |" in rows[2]   # F(S+1), F S, 1 + F N
+    assert "x time" in rows[2]                                   # the next-token / parallel ratio
+    assert "lumos bench --table --table-rows tiny@2x4x4:2" in text        # the command that regenerates it
+    assert "torch " in text and "threads: 1" in text and "ru_maxrss" in text
+    assert "not run here (needs a GPU): `lumos bench --table --device cuda --dtype bfloat16" in text
+    assert "not run this time" in text                           # the CPU rows that were left out
+    assert not list(out.parent.glob(".perf.md.*"))               # written atomically, no temp file left
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--table-rows", "nonsense"], "not a row name"),
+    (["--table-rows", "bench-1b@2x3x4:2"], "not a multiple of 4"),     # the config is read, nothing built
+    (["--table-rows", "tiny@50x16x16:2"], "too long for the model"),
+    (["--table-rows", "tiny@2x4x4:0"], "must be >= 1"),
+    (["--table-threads", "0"], "--table-threads must be >= 1"),
+    (["--frames", "3"], "does not apply to --table"),
+    (["--preset", "tiny"], "--table-rows"),
+    (["--device", "nonsense"], "not a device torch knows"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_bench_table_refuses_bad_flags_before_any_work(flags, message, tmp_path, capsys, monkeypatch):
+    import lumos.cli.bench as bench
+
+    def no_work(job):
+        raise AssertionError("a row ran")
+    monkeypatch.setattr(bench, "run_child", no_work)
+    out = tmp_path / "perf.md"
+    assert main(["bench", "--table", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bench_table_on_cuda_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    import torch
+    import lumos.cli.bench as bench
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(bench, "run_child", lambda job: pytest.fail("a row ran"))
+    assert main(["bench", "--table", "--device", "cuda", "--dtype", "bfloat16", "--out", str(tmp_path / "p.md")]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+    assert main(["bench", "--out", str(tmp_path / "p.md")]) == 2           # --out without --table
+    assert "--out needs --table" in capsys.readouterr().err
+
+
+def test_bench_prints_the_built_in_models_own_video_line(capsys, monkeypatch):
+    """On the built-in model, `lumos bench` defaults to its pipeline.json video (17 frames = 5 latent frames at
+    64x64, 16 steps, guidance 2) and says so; the sampler is stubbed here to keep the test fast."""
+    import lumos.cli.bench as bench
+    seen = {}
+
+    def fake(model, h, w, frames, num_inference_steps, **kw):
+        seen.update(h=h, w=w, frames=frames, steps=num_inference_steps, guidance=kw["guidance_scale"])
+        return [bench.BenchRow(m, 10, 10, 0.5) for m in kw["modes"]]
+    monkeypatch.setattr(bench, "run_bench", fake)
+    assert main(["bench", "--threads", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert seen == {"h": 8, "w": 8, "frames": 5, "steps": 16, "guidance": 2.0}
+    assert "17 frames (5 latent frames) of the built-in model: 0.500 s/video" in out
+    assert "next-token / parallel (KV cache):" in out
+    assert main(["bench", "--threads", "1", "--repeats", "1", "--frames", "3", "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert seen["frames"] == 3 and seen["steps"] == 4 and "of the built-in model" not in out
