@@ -613,7 +613,6 @@ def _stop_requested(callback, f: int, s: int, ids: torch.Tensor, plan: "Plan") -
     return bool(callback(f, s, codes))
 
 
-@torch.inference_mode()
 def compiled_step(model):
     """The model's forward for decoding steps and cache writes, compiled (`torch.compile`, inductor: C++ on
     the CPU, Triton + CUDA graphs with mode "reduce-overhead" on CUDA), kept on the model: one compilation
@@ -627,6 +626,7 @@ def compiled_step(model):
     return step
 
 
+@torch.inference_mode()
 def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                   use_cache: bool = True, stats: Stats | None = None,
                   progress: bool = False, callback=None, compile: bool = False) -> Iterator[torch.Tensor]:

@@ -59,3 +59,16 @@ def test_pipeline_enable_compile():
     compiled = pipe("a red 3", generator=gen(0), progress=False, temperature=0, remask_temperature=0,
                     output_type="codes").frames[0]
     assert np.array_equal(compiled.numpy(), eager.numpy())
+
+
+def test_decoding_runs_without_autograd():
+    """Every decoding step runs under inference mode: with autograd on, each pass would keep its graph
+    alive through the in-place KV cache, and memory would grow frame after frame."""
+    m = LumosModel.from_config(ModelConfig.from_name("tiny"), seed=0).eval()
+    prompt = m.config.vocab.build_t2v([1, 2], duration=2, fps=8, complete=False)
+    s = SampleConfig(num_inference_steps=2)
+    seen = []
+    for mode in ("parallel", "next-token"):
+        plan = plan_generation(m, [prompt], 2, 4, 4, s)
+        generate(m, plan, s, gen(0), mode=mode, callback=lambda f, st, c: seen.append(torch.is_inference_mode_enabled()))
+    assert seen and all(seen)
