@@ -190,18 +190,28 @@ def _generate(pipe, items: list[Item], seed: int, batch_size: int, kwargs: dict,
         bar.update(len(batch))
 
 
+RATES = ("digit_correct", "colour_correct", "direction_correct", "stable", "all_correct")
+
+
+def pct(xs) -> float:
+    """The share (%) of true values."""
+    return round(100.0 * sum(bool(x) for x in xs) / len(xs), 2)
+
+
+def by_set(rows: list[dict]):
+    """(set, its rows) for each set of SETS that has rows, in that order."""
+    for set_ in SETS:
+        rs = [r for r in rows if r["set"] == set_]
+        if rs:
+            yield set_, rs
+
+
 def aggregate(rows: list[dict]) -> dict:
     """Per set: videos, and the share (%) of videos whose digit / colour / direction is right, that
     are stable, that pass all four; for i2v also the mean IoU and the I2V pass share."""
-    pct = lambda xs: round(100.0 * sum(bool(x) for x in xs) / len(xs), 2)          # noqa: E731
     out = {}
-    for set_ in SETS:
-        rs = [r for r in rows if r["set"] == set_]
-        if not rs:
-            continue
-        agg = {"videos": len(rs)}
-        for key in ("digit_correct", "colour_correct", "direction_correct", "stable", "all_correct"):
-            agg[key] = pct([r[key] for r in rs])
+    for set_, rs in by_set(rows):
+        agg = {"videos": len(rs), **{key: pct([r[key] for r in rs]) for key in RATES}}
         if set_ == "i2v":
             agg["i2v_iou"] = round(float(np.mean([r["i2v_iou"] for r in rs])), 4)
             agg["i2v_pass"] = pct([r["i2v_pass"] for r in rs])
@@ -310,18 +320,13 @@ def score_long(video, digit: int, colour: str, direction: str, image: np.ndarray
 def aggregate_segments(rows: list[dict]) -> dict:
     """Per set: one entry per segment index across the set's clips (`segment`, its `frames`, videos,
     and the share (%) right of digit / colour / direction / stable / all four): the drift over time."""
-    pct = lambda xs: round(100.0 * sum(bool(x) for x in xs) / len(xs), 2)          # noqa: E731
     out = {}
-    for set_ in SETS:
-        rs = [r for r in rows if r["set"] == set_]
-        if not rs:
-            continue
+    for set_, rs in by_set(rows):
         per = []
         for i, first in enumerate(rs[0]["segments"]):                   # the clips of a set share one length
             segs = [r["segments"][i] for r in rs]
             per.append({"segment": i, "frames": first["frames"], "videos": len(segs),
-                        **{k: pct([s[k] for s in segs]) for k in
-                           ("digit_correct", "colour_correct", "direction_correct", "stable", "all_correct")}})
+                        **{k: pct([s[k] for s in segs]) for k in RATES}})
         out[set_] = per
     return out
 
