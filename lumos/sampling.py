@@ -24,6 +24,14 @@ Non-finite logits (a broken checkpoint, an overflow) stop the generation with a 
 they are finite is accumulated on the device and read once per frame, before its codes are yielded
 (every logit of a frame is checked: all its codes are predicted at its first step).
 
+Long videos (`window_frames`, `sink_frames`): the layout, and so the cache, has slots for the prompt,
+the sinks (the video's first frames), the window and the frame being decoded, however many frames are
+asked for. Once the last slot has been used, each new frame first slides the window (`_slide`): the
+oldest frame after the sinks leaves, the later ones move one slot back, their cached keys rotated back
+by one frame (`LumosModel.move_cache`: RoPE rotations compose, so this equals computing them fresh at
+the new positions; with `reindex_window=False` they keep their positions and the new frame's grow).
+Memory and time per frame are constant past the window; a window as long as the video changes nothing.
+
 Classifier-free guidance runs in ONE batched forward: rows [cond_0 .. cond_{n-1}, uncond_0 ..
 uncond_{n-1}], where uncond_i is cond_i from VIDEO_START on (no BOS/text/SEP, as released and as the
 training-time CFG dropout), or `BOS negative-text SEP` + cond_i from VIDEO_START on with a negative

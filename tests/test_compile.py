@@ -8,6 +8,7 @@ Inductor compiles C++ on the CPU: this test needs the machine's C compiler (CI h
 ~1 minute, most of it the one compilation."""
 
 import numpy as np
+import pytest
 import torch
 import torch._dynamo
 
@@ -15,6 +16,10 @@ from lumos.config import ModelConfig
 from lumos.model import LumosModel
 from lumos.sampling import SampleConfig, generate, plan_generation
 from test_pipeline_cli import gen, tiny_pipe
+
+# dynamo traces through the lru_cache of lumos.positions._freq_tables (its key is static: head_dim, theta,
+# rope type, device) and says so once
+pytestmark = pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 
 
 def test_compiled_step_compiles_once_and_matches_eager():
