@@ -24,6 +24,7 @@ COMMANDS = {
     "eval": ("lumos.cli.eval", "generate and score the built-in Moving Digits world automatically"),
     "demo": ("lumos.cli.demo", "generate a few videos with the built-in model (what `make demo` runs)"),
     "builtin": ("lumos.cli.builtin", "prepare the built-in model's records; export a training run as a pipeline"),
+    "ablate": ("lumos.cli.ablate", "train the variants of an ablation suite on one budget and compare them"),
     "serve": ("lumos.cli.serve", "the web UI: generate in the browser, frames as they are made (pip install 'lumos[ui]')"),
 }
 

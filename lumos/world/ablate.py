@@ -1,0 +1,378 @@
+"""Ablation suites on the Moving Digits world (`lumos ablate`, `lumos.cli.ablate`): train the variants of
+a suite on the same data, with the same budget, data order and seeds, score each, and write a report.
+
+    lumos ablate rope --budget tiny --seeds 1 --out ablate-rope-tiny     # the test's budget, < 1 minute
+    lumos ablate rope --budget quick --seeds 2 --out ablate-rope          # a smoke check on 2 CPU cores
+    lumos ablate steps --budget quick --out ablate-steps                  # no training: the built-in model
+
+Suites (`SUITES`):
+- "rope": the position encoding, `ModelConfig.rope_type` = "1d", "mrope", "3d", "mmrope" (the paper's
+  MM-RoPE ablation). Every variant trains from scratch (`lumos.train.loop.train`) on the same Moving
+  Digits records, prepared once into OUT/data with the shipped video tokenizer, with the same seed per
+  run (weights init, data order and AR-DF masks come from `TrainConfig.seed`), then generates a few
+  prompts of `lumos.world.evaluate` from its run folder (a training run is a pipeline).
+- "steps": no training; one trained model (default the built-in "moving-digits") generates the same
+  prompts with `num_inference_steps` from `Budget.steps`: task scores against seconds per video.
+
+Losses per rope run: the training loss curve (metrics.jsonl), `final_loss` (the mean training loss of
+the last `LOSS_TAIL` steps) and `val_loss`, the training objective (AR-DF masks of a fixed seed, so the
+same masks for every variant) on held-out records: other clips (seed 1) of the world's "train"
+handwriting split, prepared once into OUT/data-val with the training records' text tokenizer.
+
+Outputs in OUT:
+    ablate.json                    the suite, budget and model of this folder (a rerun must match it)
+    data/, data-val/               the training and the validation records (rope)
+    runs/VARIANT-seedS/            each training run (a pipeline folder with checkpoints)
+    results/VARIANT-seedS.json     one finished (variant, seed), written atomically
+    report.json, report.md         every variant, mean and spread over seeds
+    loss_curves.png                training loss per variant, the mean over seeds with a min-max band (rope)
+    metrics.png                    task scores per variant (bars: mean over seeds, whiskers: min-max)
+    scores_vs_time.png             task score against seconds per video (steps)
+
+Resumable: a (variant, seed) whose result file exists is skipped; a run killed mid-training resumes
+from its newest checkpoint (`train(..., resume=True)`), one killed after training is only evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lumos.utils import LumosError, atomic_write, atomic_write_json, check_output
+from lumos.world.evaluate import RATES, pct
+
+SUITES = ("rope", "steps")
+ROPE_VARIANTS = ("1d", "mrope", "3d", "mmrope")
+LOSS_TAIL = 5               # final_loss: the mean training loss of the last LOSS_TAIL steps
+STAMP = "ablate.json"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much each variant gets. Training keys go to `TrainConfig`, eval keys to `lumos.world.evaluate`."""
+    model: str                  # model preset (lumos.config.CONFIGS) of the trained variants
+    num_records: int            # Moving Digits records prepared once (1 in 5 a still image)
+    val_records: int            # held-out records of the validation loss (a multiple of 8, or fewer than 8)
+    max_steps: int              # optimizer steps per run
+    batch_size: int             # samples per step
+    warmup_steps: int           # linear LR warmup
+    lr: float                   # peak learning rate (cosine to lr / 10)
+    num_prompts: int            # validation-caption prompts per evaluation
+    heldout: bool               # also every held-out combination (30 prompts)
+    num_inference_steps: int    # parallel decoding steps per latent frame when evaluating a trained variant
+    steps: tuple                # the "steps" suite's num_inference_steps values
+    eval_batch: int = 8         # prompts per pipeline call
+
+
+BUDGETS = {
+    # The test's budget: a few steps of the tiny preset, 2 prompts at 2 decoding steps; under 2 minutes.
+    "tiny": Budget(model="tiny", num_records=16, val_records=8, max_steps=3, batch_size=2, warmup_steps=1, lr=1e-3,
+                   num_prompts=2, heldout=False, num_inference_steps=2, steps=(1, 2)),
+    # A smoke check for 4 variants x 1 seed on 2 CPU cores (the "small" preset of the built-in model, 150
+    # steps of 8, far from a converged model). Not yet timed whole: at the README's ~15 sequences/s a
+    # variant trains in ~1.5 min (~10 min for the suite); on one core shared with other work a step
+    # took 3 s (~8 min a variant).
+    "quick": Budget(model="small", num_records=512, val_records=64, max_steps=150, batch_size=8, warmup_steps=20, lr=2e-3,
+                    num_prompts=8, heldout=True, num_inference_steps=8, steps=(4, 8, 16, 32)),
+}
+
+
+def variants(suite: str, budget: Budget) -> list[tuple[str, dict]]:
+    """(name, settings) of each variant of `suite`: model overrides (rope) or sampling settings (steps)."""
+    if suite == "rope":
+        return [(r, {"rope_type": r}) for r in ROPE_VARIANTS]
+    if suite == "steps":
+        return [(f"steps-{n}", {"num_inference_steps": n}) for n in budget.steps]
+    raise LumosError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+
+
+def check_args(suite: str, budget: str, seeds: int, out, model: str = "moving-digits") -> Path:
+    """The checks that need no work: refused before anything is written. Returns the out folder.
+    A folder that holds another ablation (suite, budget, or the steps suite's model) is refused."""
+    if suite not in SUITES:
+        raise LumosError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if budget not in BUDGETS:
+        raise LumosError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise LumosError(f"--seeds must be >= 1, got {seeds}")
+    out = check_output(out, "--out", folder=True)
+    stamp_path = out / STAMP
+    if stamp_path.is_file():
+        try:
+            found = json.loads(stamp_path.read_text())
+        except (OSError, ValueError):
+            found = None
+        want = _stamp(suite, budget, model)
+        if not isinstance(found, dict) or {k: found.get(k) for k in ("suite", "budget", "model")} != \
+                {k: want[k] for k in ("suite", "budget", "model")}:
+            what = ({k: found.get(k) for k in ("suite", "budget", "model")} if isinstance(found, dict)
+                    else "an unreadable stamp")
+            raise LumosError(f"--out {out} holds another ablation ({what}); use a new --out")
+    return out
+
+
+def _stamp(suite: str, budget: str, model: str) -> dict:
+    return {"suite": suite, "budget": budget, "budget_settings": dataclasses.asdict(BUDGETS[budget]),
+            "model": model if suite == "steps" else BUDGETS[budget].model}
+
+
+# ------------------------------------------------------------------------------------------ one run
+def _items(budget: Budget):
+    from lumos.world.evaluate import build_items
+    return build_items(budget.num_prompts, 0, ("val", "heldout") if budget.heldout else ("val",))
+
+
+def _scores(report: dict) -> dict:
+    """The rates (%) over every video of an evaluation report, all sets pooled, and its timing."""
+    rows = report["videos"]
+    out = {k: pct([r[k] for r in rows]) for k in RATES}
+    out["videos"] = len(rows)
+    out["s_per_video"] = report["timing"]["median_s_per_video"]
+    out["per_set"] = report["aggregates"]
+    return out
+
+
+def _evaluate(pipe, budget: Budget, seed: int, **settings) -> dict:
+    from lumos.world.evaluate import evaluate
+    report = evaluate(pipe, _items(budget), seed, batch_size=budget.eval_batch, next_token_prompts=0,
+                      ceiling_clips=0, progress=False, **settings)
+    return _scores(report)
+
+
+def _read_losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    by_step = {}
+    for line in lines:
+        if line.strip():
+            rec = json.loads(line)
+            by_step[rec["step"]] = rec["loss"]          # a resumed run may repeat steps: the last one wins
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def prepare_val(out: Path, data: Path, num_records: int) -> Path:
+    """Held-out records for the validation loss: other clips (seed 1) of the world's "train" handwriting
+    split (`prepare` writes no other split), with the text tokenizer of `data` (copied in first, so the
+    token ids match the training records)."""
+    from lumos.world.builtin import PREPARED_FILE, PROMPT_TEMPLATE, prepare
+    val = out / "data-val"
+    if not (val / PREPARED_FILE).is_file():
+        val.mkdir(parents=True, exist_ok=True)
+        with atomic_write(val / "text_tokenizer.json") as f:
+            f.write((data / "text_tokenizer.json").read_bytes())
+        atomic_write_json(val / PREPARED_FILE, {"prompt_template": PROMPT_TEMPLATE, "seed": 1, "num_records": num_records})
+    return prepare(val, num_records=num_records, seed=1, progress=False)
+
+
+def validation_loss(model, val: Path, micro: int = 8) -> float:
+    """The masked visual loss (nats/code) of `model` on every record of `val` once, with the training
+    objective's AR-DF masks drawn from a fixed seed (the same masks for every variant)."""
+    import torch
+    from lumos.train.batches import Batcher, BatchOptions, open_source
+    from lumos.train.loss import masked_visual_loss
+
+    source, vocab = open_source([str(val / "train")])
+    n = len(source)
+    micro = min(micro, n)
+    batcher = Batcher(source, vocab, BatchOptions(max_frames=5, cfg_drop_prob=0.0), seed=0)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, n - n % micro, micro):
+            b = batcher.micro(0, n, list(range(start, start + micro)))
+            hidden = model(b.inputs, mask=model.build_mask(b.inputs, b.valid), return_hidden=True)
+            out = masked_visual_loss(hidden, model.lm_head.weight, b.targets, b.frame, vocab, normaliser=1.0)
+            nll, count = nll + float(out.nll_sum), count + int(out.count)
+    return nll / max(count, 1)
+
+
+def _finished(run: Path, max_steps: int) -> bool:
+    try:
+        return json.loads((run / "latest.json").read_text()).get("step") == max_steps
+    except (OSError, ValueError):
+        return False
+
+
+def train_variant(out: Path, data: Path, val: Path, budget: Budget, overrides: dict, seed: int, run: Path) -> dict:
+    """Train one rope variant (resuming a killed run) and evaluate it; returns its result."""
+    from lumos.pipeline import LumosPipeline
+    from lumos.train.batches import BatchOptions
+    from lumos.train.config import TrainConfig
+    from lumos.train.loop import train
+
+    cfg = TrainConfig(model=budget.model, model_overrides=dict(overrides), data=[str(data / "train")],
+                      batch=BatchOptions(max_frames=5, mask_mode="tube", min_mask_rate=0.7, cfg_drop_prob=0.1),
+                      max_steps=budget.max_steps, batch_size=budget.batch_size, warmup_steps=budget.warmup_steps,
+                      lr=budget.lr, min_lr=budget.lr / 10, grad_clip=1.0, checkpoint_every=max(budget.max_steps // 3, 1),
+                      keep_checkpoints=1, tensorboard=False, out_dir=str(run), seed=seed, device="cpu")
+    t0 = time.perf_counter()
+    if not _finished(run, budget.max_steps):         # continue a killed run; start over if nothing loads
+        train(cfg, resume=(run / "checkpoints").is_dir(), restart=run.exists())
+    train_s = time.perf_counter() - t0
+    losses = _read_losses(run)
+    pipe = LumosPipeline.from_pretrained(run, device="cpu")
+    val_loss = validation_loss(pipe.model, val)
+    scores = _evaluate(pipe, budget, seed, num_inference_steps=budget.num_inference_steps)
+    return {"losses": losses, "final_loss": float(np.mean(losses[-LOSS_TAIL:])), "val_loss": val_loss,
+            "train_s": round(train_s, 2), "scores": scores}
+
+
+# ------------------------------------------------------------------------------------------ a suite
+def result_path(out: Path, name: str, seed: int) -> Path:
+    return out / "results" / f"{name}-seed{seed}.json"
+
+
+def run_suite(suite: str, budget_name: str = "tiny", seeds: int = 1, out="ablate", model: str = "moving-digits",
+              log=print) -> dict:
+    """Run (or continue) every (variant, seed) of `suite` not finished in `out`, then write the report
+    and plots. `model`: the trained model of the "steps" suite. Returns the report dict."""
+    out = check_args(suite, budget_name, seeds, out, model)
+    budget = BUDGETS[budget_name]
+    todo = variants(suite, budget)
+    stamp = _stamp(suite, budget_name, model)
+    if suite == "steps":
+        from lumos.pipeline import resolve_model
+        model_dir = resolve_model(model)               # a missing model fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STAMP, stamp)
+    data = val = pipe = None
+    if suite == "rope":
+        from lumos.world.builtin import prepare
+        data = prepare(out / "data", num_records=budget.num_records, seed=0, progress=False)
+        val = prepare_val(out, data, budget.val_records)
+    n, k = len(todo) * seeds, 0
+    for seed in range(seeds):
+        for name, settings in todo:
+            k += 1
+            path = result_path(out, name, seed)
+            if path.is_file():
+                log(f"ablate {suite}: [{k}/{n}] {name} seed {seed}: skipped (done: {path})")
+                continue
+            t0 = time.perf_counter()
+            if suite == "rope":
+                res = train_variant(out, data, val, budget, settings, seed, out / "runs" / f"{name}-seed{seed}")
+            else:
+                if pipe is None:
+                    from lumos.pipeline import LumosPipeline
+                    from lumos.world.scoring import digit_classifier
+                    pipe = LumosPipeline.from_pretrained(model_dir, device="cpu")
+                    digit_classifier()                 # fitted now, not inside the first timed batch
+                res = {"scores": _evaluate(pipe, budget, seed, **settings)}
+            res = {"variant": name, "seed": seed, "settings": settings, **res}
+            atomic_write_json(path, res)
+            s = res["scores"]
+            loss = f"val loss {res['val_loss']:.3f}, " if "val_loss" in res else ""
+            log(f"ablate {suite}: [{k}/{n}] {name} seed {seed}: {loss}all correct {s['all_correct']}%, "
+                f"{s['s_per_video']} s/video ({time.perf_counter() - t0:.1f} s)")
+    report = build_report(out, suite, budget_name, seeds, stamp["model"], todo)
+    write_report(out, report)
+    return report
+
+
+def _spread(xs: list[float]) -> dict:
+    return {"mean": round(float(np.mean(xs)), 4), "min": round(float(min(xs)), 4), "max": round(float(max(xs)), 4),
+            "std": round(statistics.pstdev(xs), 4)}
+
+
+def build_report(out: Path, suite: str, budget: str, seeds: int, model: str, todo) -> dict:
+    rows = []
+    for name, settings in todo:
+        results = [json.loads(result_path(out, name, s).read_text()) for s in range(seeds)]
+        row = {"variant": name, "settings": settings, "seeds": list(range(seeds)),
+               "scores": {k: _spread([r["scores"][k] for r in results]) for k in (*RATES, "s_per_video")},
+               "videos": results[0]["scores"]["videos"]}
+        if "losses" in results[0]:
+            row["final_loss"] = _spread([r["final_loss"] for r in results])
+            row["val_loss"] = _spread([r["val_loss"] for r in results])
+            row["losses"] = [r["losses"] for r in results]
+        rows.append(row)
+    b = BUDGETS[budget]
+    note = (f"val loss: the training objective (AR-DF masks of a fixed seed) on {b.val_records} held-out records "
+            f"(other clips of the train handwriting split); train loss: the mean of the last {LOSS_TAIL} steps"
+            if suite == "rope" else f"no training: the model {model} decoded with each num_inference_steps")
+    return {"suite": suite, "budget": budget, "budget_settings": dataclasses.asdict(b), "seeds": seeds,
+            "model": model, "note": note, "variants": rows}
+
+
+def format_markdown(report: dict) -> str:
+    rope = report["suite"] == "rope"
+    lines = [f"# Ablation: {report['suite']} ({report['budget']} budget, {report['seeds']} seed(s))", "",
+             f"Model: {report['model']}. {report['note']}. Scores: % of {report['variants'][0]['videos']} videos, "
+             "all prompt sets pooled; mean over seeds (min-max).", "",
+             "| variant |" + (" val loss | train loss |" if rope else "") + " digit % | colour % | direction % | stable % | "
+             "all correct % | s/video |",
+             "|---|" + ("---:|---:|" if rope else "") + "---:|---:|---:|---:|---:|---:|"]
+
+    def cell(s):
+        return f"{s['mean']:.4g}" if s["min"] == s["max"] else f"{s['mean']:.4g} ({s['min']:.4g}-{s['max']:.4g})"
+
+    for row in report["variants"]:
+        sc = row["scores"]
+        lines.append(f"| {row['variant']} |" + (f" {cell(row['val_loss'])} | {cell(row['final_loss'])} |" if rope else "")
+                     + "".join(f" {cell(sc[k])} |" for k in (*RATES, "s_per_video")))
+    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plot_names(report["suite"])), ""]
+    return "\n".join(lines)
+
+
+def plot_names(suite: str) -> list[str]:
+    return ["loss_curves.png", "metrics.png"] if suite == "rope" else ["metrics.png", "scores_vs_time.png"]
+
+
+def write_report(out: Path, report: dict) -> None:
+    atomic_write_json(out / "report.json", report)
+    with atomic_write(out / "report.md", "w") as f:
+        f.write(format_markdown(report))
+    plot(out, report)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot(out: Path, report: dict) -> None:
+    """The PNG plots of a report (matplotlib, Agg: no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["variants"]
+    title = f"{report['suite']} ({report['budget']}, {report['seeds']} seed(s))"
+    if report["suite"] == "rope":
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in rows:
+            n = min(len(c) for c in row["losses"])
+            curves = np.array([c[:n] for c in row["losses"]])            # (seeds, steps)
+            x = np.arange(1, n + 1)
+            ax.plot(x, curves.mean(0), label=row["variant"])
+            ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2)
+        ax.set(xlabel="step", ylabel="training loss (nats/code)", title=f"loss: {title}")
+        ax.legend()
+        _save(fig, out / "loss_curves.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(rows)
+    x = np.arange(len(RATES))
+    for i, row in enumerate(rows):
+        m = np.array([row["scores"][k]["mean"] for k in RATES])
+        err = np.array([[m[j] - row["scores"][k]["min"], row["scores"][k]["max"] - m[j]] for j, k in enumerate(RATES)]).T
+        ax.bar(x + i * width - 0.4 + width / 2, m, width, yerr=err, label=row["variant"], capsize=2)
+    ax.set_xticks(x, [k.replace("_correct", "").replace("_", " ") for k in RATES])
+    ax.set(ylabel="% of videos", ylim=(0, 105), title=f"scores: {title}")
+    ax.legend(fontsize="small")
+    _save(fig, out / "metrics.png")
+    if report["suite"] == "steps":
+        fig, ax = plt.subplots(figsize=(6, 4))
+        secs = [row["scores"]["s_per_video"]["mean"] for row in rows]
+        for key in ("all_correct", "digit_correct", "stable"):
+            ax.plot(secs, [row["scores"][key]["mean"] for row in rows], marker="o", label=key.replace("_", " "))
+        for row, s in zip(rows, secs):
+            ax.annotate(str(row["settings"]["num_inference_steps"]), (s, row["scores"]["all_correct"]["mean"]))
+        ax.set(xlabel="seconds per video", ylabel="% of videos", ylim=(0, 105), title=f"steps: {report['model']}")
+        ax.legend()
+        _save(fig, out / "scores_vs_time.png")

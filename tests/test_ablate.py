@@ -1,0 +1,112 @@
+"""`lumos ablate`: every variant of a suite trained on the same data and seeds, scored, reported and plotted;
+a rerun skips the finished (variant, seed) results and redoes only a missing one; bad flags are refused
+up front (one line, exit code 2, nothing written)."""
+
+import contextlib
+import io
+import json
+import math
+import shutil
+
+import pytest
+
+from lumos.cli import main
+from lumos.world.ablate import BUDGETS, ROPE_VARIANTS
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def rope_run(tmp_path_factory):
+    """`lumos ablate rope --budget tiny --seeds 1`: (out folder, what it printed)."""
+    out = tmp_path_factory.mktemp("ablate") / "rope"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["ablate", "rope", "--budget", "tiny", "--seeds", "1", "--out", str(out)]) == 0
+    return out, buf.getvalue()
+
+
+def _mtimes(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "results").iterdir()}
+
+
+def test_rope_writes_report_and_plots_with_every_variant(rope_run):
+    out, said = rope_run
+    report = json.loads((out / "report.json").read_text())
+    assert [v["variant"] for v in report["variants"]] == list(ROPE_VARIANTS)
+    md = (out / "report.md").read_text()
+    for name in ROPE_VARIANTS:
+        assert f"| {name} |" in md
+        assert f"{name} seed 0: val loss" in said                 # one progress line per (variant, seed)
+    for row in report["variants"]:
+        assert len(row["losses"][0]) == BUDGETS["tiny"].max_steps
+        assert math.isfinite(row["val_loss"]["mean"]) and row["val_loss"]["mean"] > 0
+        assert 0 <= row["scores"]["all_correct"]["mean"] <= 100
+        # the variant really trained with its position encoding
+        config = json.loads(next((out / "runs" / f"{row['variant']}-seed0" / "checkpoints").glob("*/model/config.json"))
+                            .read_text())
+        assert config["lumos"]["rope_type"] == row["variant"]
+    for png in ("loss_curves.png", "metrics.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+
+
+def test_rerun_skips_finished_and_redoes_only_a_missing_result(rope_run, capsys):
+    out, _ = rope_run
+    before = _mtimes(out)
+    first = {n: json.loads((out / "results" / n).read_text()) for n in before}
+    assert main(["ablate", "rope", "--budget", "tiny", "--seeds", "1", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("skipped") == len(ROPE_VARIANTS)
+    assert _mtimes(out) == before
+    # A killed ablation: one result never written (its run finished), another run killed before it
+    # saved anything. Only those two are redone; the retrained run repeats its losses (same seed, data order).
+    (out / "results" / "3d-seed0.json").unlink()
+    (out / "results" / "mrope-seed0.json").unlink()
+    shutil.rmtree(out / "runs" / "mrope-seed0")
+    assert main(["ablate", "rope", "--budget", "tiny", "--seeds", "1", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.count("skipped") == len(ROPE_VARIANTS) - 2
+    assert "3d seed 0: val loss" in said and "mrope seed 0: val loss" in said
+    after = _mtimes(out)
+    for name in ("1d-seed0.json", "mmrope-seed0.json"):
+        assert after[name] == before[name]
+    again = json.loads((out / "results" / "mrope-seed0.json").read_text())
+    assert again["losses"] == first["mrope-seed0.json"]["losses"]
+    assert json.loads((out / "results" / "3d-seed0.json").read_text())["losses"] == first["3d-seed0.json"]["losses"]
+
+
+def test_steps_suite(tmp_path, capsys):
+    out = tmp_path / "steps"
+    assert main(["ablate", "steps", "--budget", "tiny", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    steps = BUDGETS["tiny"].steps
+    assert [v["settings"]["num_inference_steps"] for v in report["variants"]] == list(steps)
+    assert all(f"steps-{n} seed 0:" in said for n in steps)
+    assert all(v["scores"]["s_per_video"]["mean"] > 0 for v in report["variants"])
+    for png in ("metrics.png", "scores_vs_time.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    assert "| steps-1 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["nope"], "unknown suite 'nope'"),
+    (["rope", "--seeds", "0"], "--seeds must be >= 1"),
+    (["rope", "--budget", "huge"], "unknown budget 'huge'"),
+    (["rope", "--out", "{file}"], "is a file"),
+    (["steps", "--model", "{tmp}/no-such-model"], "no-such-model"),
+])
+def test_bad_flags_are_refused_up_front(argv, says, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    argv = [a.format(file=tmp_path / "a-file", tmp=tmp_path) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(["ablate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_another_ablation_is_refused(rope_run, capsys):
+    out, _ = rope_run
+    assert main(["ablate", "steps", "--budget", "tiny", "--out", str(out)]) == 2
+    assert "holds another ablation" in capsys.readouterr().err
