@@ -58,3 +58,21 @@ def test_prepare_train_export_generate(tmp_path):
 def test_caption_corpus_covers_the_grammar():
     corpus = caption_corpus(np.random.default_rng(0), n_two=10)
     assert sum("moving" in c for c in corpus) == 240 + 10 and len(corpus) == 60 + 240 + 10
+
+
+def test_prepare_long_wrapping_clips(tmp_path):
+    """`prepare(num_frames=33, edges="wrap")`: records of long clips on a toroidal canvas (the data a model
+    needs to go on past 17 frames); the world is part of the stamp, so another world is a new folder."""
+    tok = save_vq_stand_in(tmp_path / "vq")
+    data = prepare(tmp_path / "data", num_records=5, seed=0, tokenizer=tok, progress=False, num_frames=33,
+                   edges="wrap")
+    reader = RecordReader(data / "train")
+    vocab = Vocab.from_dict(json.loads((data / "train" / "index.json").read_text())["vocab"])
+    frames = sorted(vocab.parse_video(reader[i]).frames.shape[0] for i in range(5))
+    assert frames == [1, 9, 9, 9, 9]                                     # one image, four 33-frame clips
+    assert {k: prepared_with(data)[k] for k in ("num_frames", "edges")} == {"num_frames": 33, "edges": "wrap"}
+    with pytest.raises(LumosError, match="was prepared with"):
+        prepare(tmp_path / "data", num_records=5, seed=0, tokenizer=tok, progress=False)
+    with pytest.raises(LumosError, match="edges"):
+        prepare(tmp_path / "bad", num_records=5, seed=0, tokenizer=tok, progress=False, edges="bounce")
+    assert not (tmp_path / "bad").exists()

@@ -2,6 +2,7 @@
 Moving Digits model's records, the export of a training run into a pipeline folder, its model card).
 
     lumos builtin prepare --out data/moving-digits            # text tokenizer + 20k token records
+    lumos builtin prepare --out data/digits-wrap --num-frames 65 --edges wrap   # long clips that wrap
     lumos builtin export runs/moving-digits-stage3 --out out/moving-digits --eval report/report.json
     lumos builtin export runs/moving-digits-stage3 --into-package      # replaces lumos/assets/moving-digits
     lumos builtin card --eval docs/eval-moving-digits.json             # only the built-in model's README.md
@@ -26,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--num-records", type=int, default=20_000, help="clips and images to render and encode")
     a.add_argument("--seed", type=int, default=0, help="seed of the rendered clips")
     a.add_argument("--tokenizer", default=str(ASSET / "tokenizer"), help="video tokenizer folder")
+    a.add_argument("--num-frames", type=int, help="frames per clip (default: 17, the built-in model's)")
+    a.add_argument("--edges", choices=("inside", "wrap"),
+                   help="inside: digits stay on the canvas (default); wrap: a toroidal canvas, for long videos")
     add_threads(a)
     e = sub.add_parser("export", help="a training run -> a pipeline folder (--out, or --into-package)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -45,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if args.builtin_command == "prepare":
         apply_threads(args)
-        print(prepare(args.out, args.num_records, args.seed, args.tokenizer))
+        print(prepare(args.out, args.num_records, args.seed, args.tokenizer, num_frames=args.num_frames,
+                      edges=args.edges))
     elif args.builtin_command == "export":
         if args.into_package == (args.out is not None):
             raise LumosError(f"export: give --out FOLDER, or --into-package to replace the built-in model in "

@@ -92,10 +92,13 @@ def caption_corpus(rng: np.random.Generator, n_two: int = 2000) -> list[str]:
 
 
 def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer: str | Path = ASSET / "tokenizer",
-            text_vocab_size: int = 320, batch: int = 64, progress: bool = True) -> Path:
+            text_vocab_size: int = 320, batch: int = 64, progress: bool = True, num_frames: int | None = None,
+            edges: str | None = None) -> Path:
     """Write `out/text_tokenizer.json` and token records `out/train/` (`num_records`, 1 in IMAGE_EVERY a
-    still image). Deterministic in `seed`; resumable shard by shard."""
-    from lumos.world.digits import sample_clip, sample_image
+    still image). Deterministic in `seed`; resumable shard by shard. num_frames / edges: the clips'
+    length and canvas (`DigitsConfig`; e.g. 65 frames on a wrapping canvas for long videos); left out:
+    the built-in model's 17 frames inside the canvas."""
+    from lumos.world.digits import DigitsConfig, sample_clip, sample_image
     from lumos.data.records import build_index, list_shards, shard_name, write_shard
     from lumos.tokenizers.text import TextTokenizer, train_text_tokenizer
     from lumos.tokenizers import load_video_tokenizer
@@ -104,12 +107,14 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
     if num_records < 1 or batch < 1:
         raise LumosError(f"--num-records must be >= 1, got {num_records}" if num_records < 1 else
                          f"batch must be >= 1, got {batch}")
+    world = {k: v for k, v in (("num_frames", num_frames), ("edges", edges)) if v is not None}
+    cfg = DigitsConfig(**world)                            # checks them
     out = check_output(out, "--out", folder=True)
     vt = load_video_tokenizer(tokenizer)                   # before anything is written
     text_path = out / "text_tokenizer.json"
     # What the records were written with. A rerun resumes only the same preparation: records of another
-    # prompt template (or seed) must not be mixed in, nor exported under this template.
-    stamp = {"prompt_template": PROMPT_TEMPLATE, "seed": seed, "num_records": num_records}
+    # prompt template, seed or world must not be mixed in, nor exported under this template.
+    stamp = {"prompt_template": PROMPT_TEMPLATE, "seed": seed, "num_records": num_records, **world}
     if out.exists() and any(out.iterdir()):
         found = prepared_with(out)
         if found != stamp:
@@ -136,7 +141,7 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
                 img, cap, meta = sample_image("train", rng)
                 items.append((img[None], cap, True, meta))
             else:
-                vid, cap, meta = sample_clip("train", rng)
+                vid, cap, meta = sample_clip("train", rng, cfg)
                 items.append((vid, cap, False, meta))
         tokens, records = [], []
         for j in range(0, len(items), batch):
