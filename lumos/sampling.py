@@ -356,6 +356,13 @@ def predict_codes(model, hidden: torch.Tensor, n_cond: int, cfg: SampleConfig, g
     Head, CFG mix, softmax and draw run over chunks of positions of at most `chunk_floats` logits
     (default CHUNK_FLOATS), so peak memory stays bounded whatever the frame size. The uniforms of the
     draw are taken for all M positions before the first chunk: the chunking does not change the sample."""
+    if hidden.shape[0] > n_cond and not cfg.reference_compat:
+        # Guidance is linear and so is the head (`model.head`: a matmul after the final norm), so
+        # u + g (c - u) of the logits is the head of u + g (c - u) of the hidden states: mix first (fp32),
+        # then one head over n rows instead of 2n, half the largest matmul of a step. (reference_compat
+        # keeps the released order, head then mix, so that its rounding, and its greedy tokens, stay theirs.)
+        h = hidden.float()
+        hidden = torch.lerp(h[n_cond:], h[:n_cond], cfg.guidance_scale).to(hidden.dtype)
     B, M, _ = hidden.shape
     rows = _visual_rows(model.config.vocab)
     greedy = cfg.temperature == 0 and not cfg.reference_compat          # compat always samples

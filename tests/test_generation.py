@@ -41,9 +41,10 @@ def cached_and_uncached(prompts, **cfg):
     _, cached = decode(a, prompts, "parallel", **cfg)
     b = Recorder(MODEL, replay=a.logits)
     _, full = decode(b, prompts, "parallel-nocache", **cfg)
-    # atol 1e-5: the cached pass runs a frame's queries against the cache, the uncached one the whole
-    # sequence (other matmul/attention shapes, another summation order); measured ~2e-6 at scale ~4
-    assert max_logit_diff(a, b, "cached vs uncached") < 1e-5
+    # 5e-6 of the logits' scale: the cached pass runs a frame's queries against the cache, the uncached
+    # one the whole sequence (other matmul/attention shapes, another summation order); measured up to 1e-6
+    # (the logits are the guided ones: their scale grows with the guidance, and so do the differences)
+    assert max_logit_diff(a, b, "cached vs uncached") < 5e-6
     return cached, full
 
 
@@ -96,14 +97,15 @@ class Recorder(torch.nn.Module):
 
 
 def max_logit_diff(a: Recorder, b: Recorder, what: str) -> float:
-    """Largest |logit difference| over every step of two runs (b replaying a), and a check that the
-    comparison is between logits far from zero."""
+    """Largest |logit difference| over every step of two runs (b replaying a), relative to the largest
+    |logit| (the sampler records guided logits, whose scale grows with the guidance), and a check that
+    the comparison is between logits far from zero."""
     assert len(a.logits) == len(b.logits) > 0
     diff = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
     scale = max(x.abs().max().item() for x in a.logits)
-    print(f"{what}: max |logit diff| = {diff:.2e} (logit scale {scale:.1f})")
+    print(f"{what}: max |logit diff| = {diff:.2e} (logit scale {scale:.1f}, relative {diff / scale:.1e})")
     assert scale > 1.0
-    return diff
+    return diff / scale
 
 
 class TwoPassCFG(Recorder):
@@ -149,7 +151,7 @@ def test_batched_cfg_equals_two_separate_passes(mode):
     a = generate(batched, plan, cfg, torch.Generator().manual_seed(0), mode=mode)
     separate = TwoPassCFG(MODEL, pad=vs, replay=batched.logits)            # replays (module docstring)
     b = generate(separate, plan, cfg, torch.Generator().manual_seed(0), mode=mode)
-    # atol 1e-5: batch 2 vs two batches of 1, padded vs unpadded uncond row (other shapes, another
-    # summation order); measured ~2e-6 at scale ~4
-    assert max_logit_diff(batched, separate, f"{mode}: batched vs two-pass CFG") < 1e-5
+    # 5e-6 of the logits' scale: batch 2 vs two batches of 1, padded vs unpadded uncond row (other
+    # shapes, another summation order); measured ~8e-7
+    assert max_logit_diff(batched, separate, f"{mode}: batched vs two-pass CFG") < 5e-6
     assert torch.equal(a.codes, b.codes)                  # same logits (replayed), same sampler: exact

@@ -148,8 +148,8 @@ def test_predict_codes_chunking_and_finiteness():
     cfg = SampleConfig(guidance_scale=3.0, top_k=20)
     outs = [predict_codes(MODEL, hidden, 2, cfg, torch.Generator().manual_seed(1), chunk_floats=c)
             for c in (None, 1, B * VOCAB.codebook_size * 2)]
-    for codes, p, finite in outs[1:]:
-        assert torch.equal(codes, outs[0][0]) and torch.equal(p, outs[0][1]) and bool(finite)
+    for codes, p, finite in outs[1:]:   # a head over fewer rows may round its last bit differently
+        assert torch.equal(codes, outs[0][0]) and torch.allclose(p, outs[0][1], rtol=1e-5, atol=1e-7) and bool(finite)
     hidden[3, 5, 0] = float("nan")                                               # an uncond row's logits
     assert not bool(predict_codes(MODEL, hidden, 2, cfg, torch.Generator(), chunk_floats=1)[2])
 
