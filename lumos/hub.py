@@ -138,6 +138,11 @@ def _download(repo: str, revision, local_files_only, what: str, inside: str | No
     desc = f"{what} {repo!r}" + (f" ({inside}, revision {rev})" if inside else f" (revision {rev})")
     get = f"hf download {repo}" + (f" --revision {rev}" if revision else "") + (
         f" --include '{inside}/*'" if inside and what in ("model", "checkpoint") else f" {inside}" if inside else "")
+    # huggingface_hub reads HF_HUB_OFFLINE once, when it is imported; set later (or local_files_only), it must
+    # still not go online for anything (e.g. the request headers it builds even for a cache read), so its
+    # flag is raised for the duration of the call.
+    was = hf.constants.HF_HUB_OFFLINE
+    hf.constants.HF_HUB_OFFLINE = was or no_net
     try:
         return fetch(hf, cache_dir=cache, revision=revision, local_files_only=no_net)
     except LocalEntryNotFoundError as e:          # not in the cache, and the Hub was not (or could not be) asked
@@ -156,6 +161,8 @@ def _download(repo: str, revision, local_files_only, what: str, inside: str | No
         raise LumosError(f"{desc}: no such file in the repo") from None
     except Exception as e:                      # network, disk, a bad id: huggingface_hub's own errors
         raise LumosError(f"{desc}: cannot get it from the Hub ({first_line(e)})") from None
+    finally:
+        hf.constants.HF_HUB_OFFLINE = was
 
 
 def _local_only(name, revision) -> None:

@@ -345,6 +345,7 @@ footer { display: none !important; }
 
 def build_ui(studio: Studio):
     """The gradio page on `studio` -> (gr.Blocks, the launch keywords it needs: theme, css)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # read by gradio when it is imported
     import gradio as gr
 
     d, lim, patch = studio.defaults(), studio.limits, studio.pipe.patch
