@@ -8,10 +8,11 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 
 from lumos.cli import main
-from lumos.world.ablate import BUDGETS, ROPE_VARIANTS
+from lumos.world.ablate import BUDGETS, MASK_VARIANTS, ROPE_VARIANTS, VAL_FRAMES, frame_change
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -46,7 +47,7 @@ def test_rope_writes_report_and_plots_with_every_variant(rope_run):
         config = json.loads(next((out / "runs" / f"{row['variant']}-seed0" / "checkpoints").glob("*/model/config.json"))
                             .read_text())
         assert config["lumos"]["rope_type"] == row["variant"]
-    for png in ("loss_curves.png", "metrics.png"):
+    for png in ("loss_curves.png", "frame_loss.png", "metrics.png"):
         assert (out / png).read_bytes()[:8] == PNG
 
 
@@ -86,6 +87,54 @@ def test_steps_suite(tmp_path, capsys):
     for png in ("metrics.png", "scores_vs_time.png"):
         assert (out / png).read_bytes()[:8] == PNG
     assert "| steps-1 |" in (out / "report.md").read_text()
+
+
+def test_train_mask_suite(tmp_path, capsys):
+    """tube / random / per_frame trained alike; the validation and training loss per latent frame."""
+    out = tmp_path / "mask"
+    assert main(["ablate", "train-mask", "--budget", "tiny", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert [v["variant"] for v in report["variants"]] == list(MASK_VARIANTS)
+    md = (out / "report.md").read_text()
+    assert "Loss per latent frame" in md
+    for row in report["variants"]:
+        assert f"{row['variant']} seed 0: val loss" in said and f"| {row['variant']} |" in md
+        assert len(row["losses"][0]) == BUDGETS["tiny"].max_steps
+        assert len(row["val_frame_loss"]) == VAL_FRAMES                     # one entry per latent frame
+        assert all(x is not None and math.isfinite(x) and x > 0 for x in row["val_frame_loss"])
+        assert len(row["train_frame_loss"]) == VAL_FRAMES
+        # the variant really trained with its mask mode
+        config = json.loads((out / "runs" / f"{row['variant']}-seed0" / "train_config.json").read_text())
+        assert config["batch"]["mask_mode"] == row["variant"]
+    for png in ("loss_curves.png", "frame_loss.png", "metrics.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+
+
+def test_frame_change():
+    still = np.zeros((3, 2, 2, 3), np.uint8)
+    assert frame_change(still) == 0.0 and frame_change(still[:1]) == 0.0
+    flash = still.copy()
+    flash[1] = 255                                      # 0 -> 255 -> 0: every pixel changes by 255 twice
+    assert frame_change(flash) == 255.0
+
+
+def test_history_mask_suite(tmp_path, capsys):
+    out = tmp_path / "history"
+    assert main(["ablate", "history-mask", "--budget", "tiny", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    ratios = BUDGETS["tiny"].history_mask_ratios
+    assert [v["settings"]["history_mask_ratio"] for v in report["variants"]] == list(ratios)
+    assert BUDGETS["quick"].history_mask_ratios == (0.0, 0.3, 0.5, 0.7, 0.9)
+    md = (out / "report.md").read_text()
+    assert "frame change" in md
+    for row in report["variants"]:
+        assert f"{row['variant']} seed 0:" in said and f"| {row['variant']} |" in md
+        assert 0 <= row["scores"]["stable"]["mean"] <= 100
+        assert 0 <= row["scores"]["frame_change"]["mean"] <= 255
+    for png in ("metrics.png", "history_mask.png"):
+        assert (out / png).read_bytes()[:8] == PNG
 
 
 @pytest.mark.parametrize("argv, says", [

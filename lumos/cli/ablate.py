@@ -4,6 +4,8 @@ score each, and write report.json, report.md and PNG plots; a thin command line 
     lumos ablate rope --budget tiny --seeds 1 --out ablate-rope-tiny   # every rope_type, a few steps each
     lumos ablate rope --budget quick --seeds 2 --out ablate-rope        # a smoke check on 2 CPU cores
     lumos ablate steps --budget quick --out ablate-steps                # decoding steps vs seconds, no training
+    lumos ablate train-mask --budget quick --out ablate-mask            # tube / random / per_frame training masks
+    lumos ablate history-mask --budget quick --out ablate-history       # history_mask_ratio 0 .. 0.9, no training
 
 A rerun with the same --out skips every finished (variant, seed) and continues a killed one.
 """
@@ -22,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (0 .. N-1)")
     p.add_argument("--out", default="ablate", help="folder for the runs, results, report and plots")
     p.add_argument("--model", default="moving-digits",
-                   help="the trained model of the steps suite (pipeline folder or built-in model name)")
+                   help="the trained model of the steps and history-mask suites (pipeline folder or built-in "
+                        "model name)")
     add_threads(p)
 
 
