@@ -75,11 +75,15 @@ def test_rerun_skips_finished_and_redoes_only_a_missing_result(rope_run, capsys)
     assert json.loads((out / "results" / "3d-seed0.json").read_text())["losses"] == first["3d-seed0.json"]["losses"]
 
 
+def run_suite(suite, tmp_path, capsys):
+    """`lumos ablate SUITE --budget tiny` -> (its folder, what it printed, its report.json)."""
+    out = tmp_path / suite
+    assert main(["ablate", suite, "--budget", "tiny", "--out", str(out)]) == 0
+    return out, capsys.readouterr().out, json.loads((out / "report.json").read_text())
+
+
 def test_steps_suite(tmp_path, capsys):
-    out = tmp_path / "steps"
-    assert main(["ablate", "steps", "--budget", "tiny", "--out", str(out)]) == 0
-    said = capsys.readouterr().out
-    report = json.loads((out / "report.json").read_text())
+    out, said, report = run_suite("steps", tmp_path, capsys)
     steps = BUDGETS["tiny"].steps
     assert [v["settings"]["num_inference_steps"] for v in report["variants"]] == list(steps)
     assert all(f"steps-{n} seed 0:" in said for n in steps)
@@ -91,10 +95,7 @@ def test_steps_suite(tmp_path, capsys):
 
 def test_train_mask_suite(tmp_path, capsys):
     """tube / random / per_frame trained alike; the validation and training loss per latent frame."""
-    out = tmp_path / "mask"
-    assert main(["ablate", "train-mask", "--budget", "tiny", "--out", str(out)]) == 0
-    said = capsys.readouterr().out
-    report = json.loads((out / "report.json").read_text())
+    out, said, report = run_suite("train-mask", tmp_path, capsys)
     assert [v["variant"] for v in report["variants"]] == list(MASK_VARIANTS)
     md = (out / "report.md").read_text()
     assert "Loss per latent frame" in md
@@ -120,10 +121,7 @@ def test_frame_change():
 
 
 def test_history_mask_suite(tmp_path, capsys):
-    out = tmp_path / "history"
-    assert main(["ablate", "history-mask", "--budget", "tiny", "--out", str(out)]) == 0
-    said = capsys.readouterr().out
-    report = json.loads((out / "report.json").read_text())
+    out, said, report = run_suite("history-mask", tmp_path, capsys)
     ratios = BUDGETS["tiny"].history_mask_ratios
     assert [v["settings"]["history_mask_ratio"] for v in report["variants"]] == list(ratios)
     assert BUDGETS["quick"].history_mask_ratios == (0.0, 0.3, 0.5, 0.7, 0.9)

@@ -141,19 +141,18 @@ def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, m
     rows = []
     for mode in modes:
         times, forwards = [], 0
+        sampler_mode = "parallel" if mode == "compiled" else mode      # compiled: the parallel step, compiled
         for r in range(repeats + 1):                           # run 0 warms up (allocator, kernels)
             generator = torch.Generator(device=device).manual_seed(seed)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            forwards = generate(model, plan, cfg, generator, mode="parallel" if mode == "compiled" else mode,
-                                compile=mode == "compiled").forwards
+            forwards = generate(model, plan, cfg, generator, mode=sampler_mode, compile=mode == "compiled").forwards
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if r:
                 times.append(time.perf_counter() - t0)
-        rows.append(BenchRow(mode, forwards, expected_forwards("parallel" if mode == "compiled" else mode, frames,
-                                                               cfg.num_inference_steps, h * w),
+        rows.append(BenchRow(mode, forwards, expected_forwards(sampler_mode, frames, cfg.num_inference_steps, h * w),
                              statistics.median(times)))
     return rows
 
