@@ -85,11 +85,12 @@ def save_cosmos_stand_in(folder, bare: bool = False, wrong_shape: bool = False) 
     return folder
 
 
-def save_vq_stand_in(folder) -> Path:
-    """A tiny built-in VQ tokenizer (random weights, 16 codes, 4x8x8) saved with `save_pretrained`."""
+def save_vq_stand_in(folder, **config) -> Path:
+    """A tiny built-in VQ tokenizer (random weights, 16 codes, 4x8x8) saved with `save_pretrained`;
+    `config`: other VQConfig fields."""
     from lumos.tokenizers.vq import VQConfig, VQTokenizer
 
     torch.manual_seed(0)
-    cfg = VQConfig(patch_size=8, channels=(8,), enc_blocks=0, dec_blocks=0, time_blocks=0, levels=(4, 4))
+    cfg = VQConfig(patch_size=8, channels=(8,), enc_blocks=0, dec_blocks=0, time_blocks=0, levels=(4, 4), **config)
     VQTokenizer(cfg).save_pretrained(folder)
     return Path(folder)

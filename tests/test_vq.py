@@ -257,3 +257,39 @@ def test_shipped_tokenizer_reconstructs_validation_clips():
     assert codes.shape == (16, 5, 8, 8)
     psnr = video_psnr(tok.decode_batch(codes), videos)
     assert psnr.mean() >= 28.0, psnr
+
+
+# ------------------------------------------------------------------------------------------ circular padding
+@pytest.mark.parametrize("k_s", [8, 4])
+def test_circular_padding_is_equivariant_to_rolls_of_the_canvas(k_s):
+    """With padding_mode="circular" the tokenizer works on a torus: rolling a video by a multiple of the
+    spatial compression rolls its latents (and the decoded pixels of rolled codes) by the same amount.
+    The same arithmetic at other offsets, so equal to float rounding (atol 1e-5 on O(1) latents, a few
+    1e-7 measured). With zero padding the edges break it (checked, so the test can fail)."""
+    v = rand_video(9, 16, 16)
+    shift = (k_s, 2 * k_s if 2 * k_s < 16 else 0)                   # pixels (rows, cols)
+    lat = (shift[0] // k_s, shift[1] // k_s)
+    gaps = {}
+    for mode in ("circular", "zeros"):
+        tok = tiny(k_s, padding_mode=mode)
+        with torch.no_grad():
+            enc = lambda x: tok.encoder(tok.to_patches(x[None].float() / 127.5 - 1))[0]      # [t, d, h, w]
+            z, z_rolled = enc(v), enc(torch.roll(v, shift, dims=(1, 2)))
+        gaps[mode] = (torch.roll(z, lat, dims=(2, 3)) - z_rolled).abs().max().item()
+        if mode == "circular":
+            codes = tok.encode(v)
+            torch.testing.assert_close(tok.decode(torch.roll(codes, lat, dims=(1, 2))).float(),
+                                       torch.roll(tok.decode(codes), shift, dims=(1, 2)).float(), rtol=0, atol=1.0)
+    assert gaps["circular"] < 1e-5, gaps
+    assert gaps["zeros"] > 1e-2, gaps
+
+
+def test_padding_mode_is_checked_and_reaches_every_padded_conv():
+    with pytest.raises(LumosError, match="padding_mode must be one of zeros, circular"):
+        replace(CONFIGS["tiny"], padding_mode="reflect")
+    tok = VQTokenizer.from_pretrained(ROOT / "lumos" / "assets" / "moving-digits" / "tokenizer")
+    assert tok.cfg == CONFIGS["moving-digits"] and tok.cfg.padding_mode == "zeros"    # as it was trained
+    circ = VQTokenizer(replace(CONFIGS["moving-digits"], padding_mode="circular"))
+    padded = [m for m in circ.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and any(m.padding)]
+    assert len(padded) > 10 and all(m.padding_mode == "circular" for m in padded)
+    circ.load_state_dict(tok.state_dict())                   # the same weights: only the padding differs
