@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import numbers
 import os
@@ -111,6 +112,21 @@ def check_output(path: str | os.PathLike, what: str = "output", folder: bool = F
         raise LumosError(f"{what} {path}: cannot write in {parent} ({e.strerror or first_line(e)}); "
                          f"choose another location") from None
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, or of a folder: of each regular file's name and sha256, in name
+    order (e.g. a tokenizer folder: its config and weights)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.iterdir() if p.is_file()):
+            h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:

@@ -76,3 +76,31 @@ def test_prepare_long_wrapping_clips(tmp_path):
     with pytest.raises(LumosError, match="edges"):
         prepare(tmp_path / "bad", num_records=5, seed=0, tokenizer=tok, progress=False, edges="bounce")
     assert not (tmp_path / "bad").exists()
+
+
+def test_prepare_with_a_given_text_tokenizer_keeps_its_ids_and_stamps_both_tokenizers(tmp_path):
+    """`prepare(text_tokenizer=...)` (more records for an existing model: its token ids must not change)
+    copies that file in instead of training one; the sha256 of both tokenizers is in the stamp, so
+    records of another video tokenizer (e.g. another padding mode: other codes) are never mixed in."""
+    from lumos.tokenizers.text import TextTokenizer
+    from lumos.world.builtin import ASSET
+    tok = save_vq_stand_in(tmp_path / "vq")
+    given = ASSET / "text_tokenizer.json"
+    data = prepare(tmp_path / "data", num_records=3, seed=4, tokenizer=tok, progress=False, text_tokenizer=given)
+    assert (data / "text_tokenizer.json").read_bytes() == given.read_bytes()
+    reader = RecordReader(data / "train")
+    vocab = Vocab.from_dict(json.loads((data / "train" / "index.json").read_text())["vocab"])
+    caption = reader.meta(0)["caption"]
+    ids = TextTokenizer(given).encode(caption)
+    text = vocab.parse_video(reader[0]).text.tolist()
+    assert len(ids) > 2 and any(text[i:i + len(ids)] == ids for i in range(len(text)))   # the given ids, as they are
+    stamp = prepared_with(data)
+    assert set(stamp) >= {"video_tokenizer_sha256", "text_tokenizer_sha256"}
+    other = save_vq_stand_in(tmp_path / "vq2", padding_mode="circular")
+    with pytest.raises(LumosError, match="was prepared with"):
+        prepare(tmp_path / "data", num_records=3, seed=4, tokenizer=other, progress=False, text_tokenizer=given)
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    with pytest.raises(LumosError):
+        prepare(tmp_path / "fresh", num_records=3, seed=4, tokenizer=tok, progress=False, text_tokenizer=bad)
+    assert not (tmp_path / "fresh").exists()

@@ -3,6 +3,7 @@ Moving Digits model's records, the export of a training run into a pipeline fold
 
     lumos builtin prepare --out data/moving-digits            # text tokenizer + 20k token records
     lumos builtin prepare --out data/digits-wrap --num-frames 65 --edges wrap   # long clips that wrap
+    lumos builtin prepare --out data/more --text-tokenizer lumos/assets/moving-digits/text_tokenizer.json
     lumos builtin export runs/moving-digits-stage3 --out out/moving-digits --eval report/report.json
     lumos builtin export runs/moving-digits-stage3 --into-package      # replaces lumos/assets/moving-digits
     lumos builtin card --eval docs/eval-moving-digits.json             # only the built-in model's README.md
@@ -30,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--num-frames", type=int, help="frames per clip (default: 17, the built-in model's)")
     a.add_argument("--edges", choices=("inside", "wrap"),
                    help="inside: digits stay on the canvas (default); wrap: a toroidal canvas, for long videos")
+    a.add_argument("--text-tokenizer", help="use this text_tokenizer.json (e.g. the built-in model's, to fine-tune "
+                                            "it) instead of training one")
     add_threads(a)
     e = sub.add_parser("export", help="a training run -> a pipeline folder (--out, or --into-package)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -50,7 +53,7 @@ def run(args) -> int:
     if args.builtin_command == "prepare":
         apply_threads(args)
         print(prepare(args.out, args.num_records, args.seed, args.tokenizer, num_frames=args.num_frames,
-                      edges=args.edges))
+                      edges=args.edges, text_tokenizer=args.text_tokenizer))
     elif args.builtin_command == "export":
         if args.into_package == (args.out is not None):
             raise LumosError(f"export: give --out FOLDER, or --into-package to replace the built-in model in "

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -55,7 +54,7 @@ from tqdm import tqdm
 
 from lumos import media
 from lumos.data.records import build_index, list_shards, read_shard_meta, shard_name, write_shard
-from lumos.utils import LumosError, atomic_write_json, check_output
+from lumos.utils import LumosError, atomic_write_json, check_output, file_sha256
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
 
 
@@ -131,14 +130,6 @@ def read_rows(path) -> list[dict]:
                 r[key] = row[key]
         out.append(r)
     return out
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _describe_video_tokenizer(path) -> dict:
@@ -346,10 +337,10 @@ def _plan(cfg: TokenizeConfig, rows: list[dict]) -> dict:
     if longest // (vt["spatial_compression"] * vocab.grid_per_size) > vocab.max_size:
         raise LumosError(f"--size {cfg.size}: the widest bucket ({longest} px) needs a size token above "
                          f"{vocab.max_size}, the largest of vocab {name!r}; lower --size or --max-ratio")
-    settings = {"input_sha256": _sha256(cfg.input), "num_rows": len(rows), "shard_size": cfg.shard_size,
+    settings = {"input_sha256": file_sha256(cfg.input), "num_rows": len(rows), "shard_size": cfg.shard_size,
                 "fps": cfg.fps, "duration": cfg.duration, "size": cfg.size, "patch": patch,
                 "max_ratio": cfg.max_ratio, "window": cfg.window, "folder_fps": cfg.folder_fps,
-                "video_tokenizer": vt, "text_tokenizer_sha256": _sha256(cfg.text_tokenizer),
+                "video_tokenizer": vt, "text_tokenizer_sha256": file_sha256(cfg.text_tokenizer),
                 "vocab": vocab.to_dict(), "digit_ids": text.digit_ids}
     return {"vocab": vocab.to_dict(), "patch": patch, "digit_ids": text.digit_ids,
             "temporal_compression": vt["temporal_compression"], "settings": settings,

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from lumos.pipeline import PipelineDefaults
-from lumos.utils import LumosError, atomic_write_json, check_output, first_line
+from lumos.utils import LumosError, atomic_write, atomic_write_json, check_output, file_sha256, first_line
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "moving-digits"
 PROMPT_TEMPLATE = "{caption}"   # the built-in model reads the bare caption (module docstring)
@@ -93,11 +93,14 @@ def caption_corpus(rng: np.random.Generator, n_two: int = 2000) -> list[str]:
 
 def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer: str | Path = ASSET / "tokenizer",
             text_vocab_size: int = 320, batch: int = 64, progress: bool = True, num_frames: int | None = None,
-            edges: str | None = None) -> Path:
+            edges: str | None = None, text_tokenizer: str | Path | None = None) -> Path:
     """Write `out/text_tokenizer.json` and token records `out/train/` (`num_records`, 1 in IMAGE_EVERY a
     still image). Deterministic in `seed`; resumable shard by shard. num_frames / edges: the clips'
     length and canvas (`DigitsConfig`; e.g. 65 frames on a wrapping canvas for long videos); left out:
-    the built-in model's 17 frames inside the canvas."""
+    the built-in model's 17 frames inside the canvas. text_tokenizer: an existing text_tokenizer.json
+    to use (copied in; e.g. the built-in model's, to fine-tune it: its token ids must not change) instead
+    of training one. The stamp (PREPARED_FILE) holds the settings and the sha256 of both tokenizers, so a
+    rerun never mixes records of another tokenizer in."""
     from lumos.world.digits import DigitsConfig, sample_clip, sample_image
     from lumos.data.records import build_index, list_shards, shard_name, write_shard
     from lumos.tokenizers.text import TextTokenizer, train_text_tokenizer
@@ -111,10 +114,15 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
     cfg = DigitsConfig(**world)                            # checks them
     out = check_output(out, "--out", folder=True)
     vt = load_video_tokenizer(tokenizer)                   # before anything is written
+    if text_tokenizer is not None:
+        TextTokenizer(text_tokenizer)                        # a bad file fails here, before anything is written
     text_path = out / "text_tokenizer.json"
     # What the records were written with. A rerun resumes only the same preparation: records of another
-    # prompt template, seed or world must not be mixed in, nor exported under this template.
-    stamp = {"prompt_template": PROMPT_TEMPLATE, "seed": seed, "num_records": num_records, **world}
+    # prompt template, seed, world or tokenizer must not be mixed in, nor exported under this template.
+    stamp = {"prompt_template": PROMPT_TEMPLATE, "seed": seed, "num_records": num_records, **world,
+             "video_tokenizer_sha256": file_sha256(tokenizer)}
+    if text_tokenizer is not None:
+        stamp["text_tokenizer_sha256"] = file_sha256(text_tokenizer)
     if out.exists() and any(out.iterdir()):
         found = prepared_with(out)
         if found != stamp:
@@ -123,7 +131,10 @@ def prepare(out: str | Path, num_records: int = 20_000, seed: int = 0, tokenizer
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / PREPARED_FILE, stamp)
-    if not text_path.is_file():
+    if not text_path.is_file() and text_tokenizer is not None:
+        with atomic_write(text_path) as f:
+            f.write(Path(text_tokenizer).read_bytes())
+    elif not text_path.is_file():
         train_text_tokenizer(caption_corpus(np.random.default_rng(seed)), text_vocab_size, text_path,
                              wrap_in_prompt=False)
     text = TextTokenizer(text_path)
