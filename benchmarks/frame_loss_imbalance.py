@@ -25,6 +25,7 @@ import torch
 from lumos.train.batches import BatchOptions
 from lumos.train.config import TrainConfig
 from lumos.train.loop import train
+from lumos.world.ablate import frame_means
 
 
 def run(mode: str, steps: int, out: str, classes: int, block: int, noise: float) -> list[dict]:
@@ -34,12 +35,6 @@ def run(mode: str, steps: int, out: str, classes: int, block: int, noise: float)
                       synthetic=dict(num=4096, frames=5, height=4, width=4, classes=classes, block=block, noise=noise,
                                      image_fraction=0.0))
     return train(cfg)
-
-
-def window_means(hist: list[dict], a: int, b: int) -> list[float]:
-    """Per-frame loss averaged over steps a+1..b (each step's frame loss weighted by its step)."""
-    rows = [r["frame_loss"] for r in hist[a:b]]
-    return [sum(r[f] for r in rows) / len(rows) for f in range(len(rows[0]))]
 
 
 def main() -> None:
@@ -59,7 +54,7 @@ def main() -> None:
     print(f"\nper-frame training loss (nats; mean over the steps shown), {s} steps, 5 latent frames")
     for mode, hist in results.items():
         for a, b in windows:
-            m = window_means(hist, a, b)
+            m = frame_means([r["frame_loss"] for r in hist[a:b]])      # per frame, over steps a+1..b
             print(f"{mode:>6}  steps {a + 1:>4}-{b:<4}  " + "  ".join(f"f{f} {v:.3f}" for f, v in enumerate(m))
                   + f"   last/first {m[-1] / m[0]:.2f}")
 

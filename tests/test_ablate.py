@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lumos.cli import main
-from lumos.world.ablate import BUDGETS, MASK_VARIANTS, ROPE_VARIANTS, VAL_FRAMES, frame_change
+from lumos.world.ablate import BUDGETS, MASK_VARIANTS, ROPE, ROPE_VARIANTS, VAL_FRAMES, frame_change
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -46,7 +46,9 @@ def test_rope_writes_report_and_plots_with_every_variant(rope_run):
         # the variant really trained with its position encoding
         config = json.loads(next((out / "runs" / f"{row['variant']}-seed0" / "checkpoints").glob("*/model/config.json"))
                             .read_text())
-        assert config["lumos"]["rope_type"] == row["variant"]
+        want = ROPE[row["variant"]]
+        assert config["lumos"]["rope_type"] == want["rope_type"]
+        assert config["lumos"]["rope_scale"] == want.get("rope_scale", [4, 8, 8])     # noscale: positions unscaled
     for png in ("loss_curves.png", "frame_loss.png", "metrics.png"):
         assert (out / png).read_bytes()[:8] == PNG
 

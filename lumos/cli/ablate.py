@@ -6,6 +6,7 @@ score each, and write report.json, report.md and PNG plots; a thin command line 
     lumos ablate steps --budget quick --out ablate-steps                # decoding steps vs seconds, no training
     lumos ablate train-mask --budget quick --out ablate-mask            # tube / random / per_frame training masks
     lumos ablate history-mask --budget quick --out ablate-history       # history_mask_ratio 0 .. 0.9, no training
+    lumos ablate history-mask --budget full --seeds 2 --out ablate-history-full   # docs/ablations.md's budget
 
 A rerun with the same --out skips every finished (variant, seed) and continues a killed one.
 """

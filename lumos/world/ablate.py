@@ -6,11 +6,13 @@ a suite on the same data, with the same budget, data order and seeds, score each
     lumos ablate steps --budget quick --out ablate-steps                  # no training: the built-in model
     lumos ablate train-mask --budget tiny --out ablate-mask-tiny          # tube vs random vs per_frame masks
     lumos ablate history-mask --budget quick --out ablate-history         # no training: history_mask_ratio
+    lumos ablate steps --budget full --seeds 2 --out ablate-steps-full    # what docs/ablations.md reports
 
 Suites (`SUITES`); two kinds: trained suites (`TRAINED`: each variant is a change of the training
 config, trained the same way) and sampled suites (`SAMPLED`: each variant is a sampling setting of
 one trained model):
-- "rope": the position encoding, `ModelConfig.rope_type` = "1d", "mrope", "3d", "mmrope" (the paper's
+- "rope": the position encoding (`ROPE`): `ModelConfig.rope_type` = "1d", "mrope", "3d", "mmrope", and
+  "mmrope-noscale" (MM-RoPE's frequency layout, positions not scaled: rope_scale 1, 1, 1) (the paper's
   MM-RoPE ablation). Every variant trains from scratch (`lumos.train.loop.train`) on the same Moving
   Digits records, prepared once into OUT/data with the shipped video tokenizer, with the same seed per
   run (weights init, data order and AR-DF masks come from `TrainConfig.seed`), then generates a few
@@ -64,11 +66,15 @@ import numpy as np
 from lumos.utils import LumosError, atomic_write, atomic_write_json, check_output
 from lumos.world.evaluate import RATES, pct
 
-ROPE_VARIANTS = ("1d", "mrope", "3d", "mmrope")
+# The rope suite's variants: ModelConfig overrides. "mmrope-noscale": MM-RoPE's frequency layout with the
+# (t, h, w) positions unscaled (rope_scale 1, 1, 1): the paper's "distribution is primary, scaling complementary".
+ROPE = {"1d": {"rope_type": "1d"}, "mrope": {"rope_type": "mrope"}, "3d": {"rope_type": "3d"},
+        "mmrope-noscale": {"rope_type": "mmrope", "rope_scale": [1, 1, 1]}, "mmrope": {"rope_type": "mmrope"}}
+ROPE_VARIANTS = tuple(ROPE)
 MASK_VARIANTS = ("tube", "random", "per_frame")     # lumos.train.masking.MODES
-# trained suites: suite -> (the setting each variant changes: a ModelConfig override or a BatchOptions field,
-# its values); sampled suites: suite -> (the sampling keyword, the Budget field of its values, variant name prefix)
-TRAINED = {"rope": ("rope_type", ROPE_VARIANTS), "train-mask": ("mask_mode", MASK_VARIANTS)}
+# trained suites: suite -> {variant: its settings (ModelConfig overrides or BatchOptions fields)};
+# sampled suites: suite -> (the sampling keyword, the Budget field of its values, variant name prefix)
+TRAINED = {"rope": ROPE, "train-mask": {m: {"mask_mode": m} for m in MASK_VARIANTS}}
 SAMPLED = {"steps": ("num_inference_steps", "steps", "steps"),
            "history-mask": ("history_mask_ratio", "history_mask_ratios", "history")}
 SUITES = (*TRAINED, *SAMPLED)
@@ -106,6 +112,12 @@ BUDGETS = {
     # took 3 s (~8 min a variant).
     "quick": Budget(model="small", num_records=512, val_records=64, max_steps=150, batch_size=8, warmup_steps=20, lr=2e-3,
                     num_prompts=8, heldout=True, num_inference_steps=8, steps=(4, 8, 16, 32)),
+    # What docs/ablations.md reports. Sampled suites: the built-in model, 16 validation prompts and the 30
+    # held-out combinations, 16 steps (its default), steps 4-64. Trained suites: 600 steps of 16 from
+    # scratch per variant (at ~3.2 s a step on 2 cores, ~35 min a variant with its evaluation: the rope
+    # suite with 2 seeds is ~6 hours; a GPU does it in minutes).
+    "full": Budget(model="small", num_records=2000, val_records=128, max_steps=600, batch_size=16, warmup_steps=50,
+                   lr=2e-3, num_prompts=16, heldout=True, num_inference_steps=16, steps=(4, 8, 16, 32, 64)),
 }
 
 
@@ -113,8 +125,7 @@ def variants(suite: str, budget: Budget) -> list[tuple[str, dict]]:
     """(name, settings) of each variant of `suite`: training-config changes (`TRAINED`) or sampling
     settings (`SAMPLED`)."""
     if suite in TRAINED:
-        key, values = TRAINED[suite]
-        return [(v, {key: v}) for v in values]
+        return list(TRAINED[suite].items())
     if suite in SAMPLED:
         key, field, prefix = SAMPLED[suite]
         return [(f"{prefix}-{v:g}", {key: v}) for v in getattr(budget, field)]
@@ -209,9 +220,9 @@ def _read_metrics(run: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _frame_means(rows: list[list]) -> list[float | None]:
+def frame_means(rows: list[list]) -> list[float | None]:
     """The mean over `rows` (lists of per-frame losses, None for a frame not reached) of each frame index;
-    None where no row has that frame."""
+    None where no row has that frame (4 decimals). Also `benchmarks/frame_loss_imbalance.py`'s windows."""
     out = []
     for f in range(max((len(x) for x in rows), default=0)):
         xs = [x[f] for x in rows if f < len(x) and x[f] is not None]
@@ -222,21 +233,16 @@ def _frame_means(rows: list[list]) -> list[float | None]:
 def _tail_frame_loss(records: list[dict]) -> list[float | None]:
     """The training loss per latent frame (metrics' `frame_loss`, each step's own masks), the mean over
     the last LOSS_TAIL steps that reached that frame (None: none did)."""
-    return _frame_means([r["frame_loss"] for r in records[-LOSS_TAIL:] if r.get("frame_loss")])
+    return frame_means([r["frame_loss"] for r in records[-LOSS_TAIL:] if r.get("frame_loss")])
 
 
 def prepare_val(out: Path, data: Path, num_records: int) -> Path:
     """Held-out records for the validation loss: other clips (seed 1) of the world's "train" handwriting
-    split (`prepare` writes no other split), with the text tokenizer of `data` (copied in first, so the
-    token ids match the training records)."""
-    from lumos.world.builtin import PREPARED_FILE, PROMPT_TEMPLATE, prepare
-    val = out / "data-val"
-    if not (val / PREPARED_FILE).is_file():
-        val.mkdir(parents=True, exist_ok=True)
-        with atomic_write(val / "text_tokenizer.json") as f:
-            f.write((data / "text_tokenizer.json").read_bytes())
-        atomic_write_json(val / PREPARED_FILE, {"prompt_template": PROMPT_TEMPLATE, "seed": 1, "num_records": num_records})
-    return prepare(val, num_records=num_records, seed=1, progress=False)
+    split (`prepare` writes no other split), with the text tokenizer of `data` (so the token ids match
+    the training records)."""
+    from lumos.world.builtin import prepare
+    return prepare(out / "data-val", num_records=num_records, seed=1, progress=False,
+                   text_tokenizer=data / "text_tokenizer.json")
 
 
 def validation_loss(model, val: Path, micro: int = 8) -> tuple[float, list[float | None]]:
@@ -378,7 +384,7 @@ def build_report(out: Path, suite: str, budget: str, seeds: int, model: str, tod
             row["losses"] = [r["losses"] for r in results]
             for key in ("val_frame_loss", "train_frame_loss"):      # absent from results of an older version
                 if all(key in r for r in results):
-                    row[key] = _frame_means([r[key] for r in results])
+                    row[key] = frame_means([r[key] for r in results])
         rows.append(row)
     b = BUDGETS[budget]
     if suite in TRAINED:
