@@ -3,7 +3,9 @@ sampler and, independently, by wrapping the model), and the command prints its t
 
 import pytest
 
-from lumos.cli.bench import run_bench
+import torch
+
+from lumos.cli.bench import count_flops, run_bench
 from lumos.cli import main
 from lumos.config import ModelConfig
 from lumos.model import LumosModel
@@ -38,6 +40,24 @@ def test_the_compiled_mode_counts_the_same_passes():
     assert row.mode == "compiled" and row.forwards == row.expected == 3 * (2 + 1)
 
 
+def test_flop_count_is_the_models_arithmetic():
+    """count_flops of one uncached forward of L tokens is exactly the arithmetic of the shapes: 2 per
+    multiply-add of every linear layer and the head, and of attention's two products (L x L, as the
+    counter sees a masked SDPA); integers, so exact. The bench rows carry it."""
+    cfg = ModelConfig.from_name("tiny")
+    model = LumosModel.from_config(cfg, seed=0).eval()
+    L = 37
+    tokens = torch.randint(0, cfg.vocab.text_vocab_size, (1, L))
+    with torch.no_grad():
+        got = count_flops(lambda: model(tokens))
+    linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    attention = cfg.n_layers * 2 * (2 * cfg.n_heads * L * L * cfg.head_dim)
+    assert got == 2 * L * linear + 2 * L * cfg.dim * cfg.vocab_size + attention
+    rows = run_bench(model, 2, 4, 2, 2, guidance_scale=3.0, repeats=1, text_len=5)
+    by = {r.mode: r.flops for r in rows}
+    assert by["next-token"] < by["parallel"] < by["parallel-nocache"]      # less recomputation, less arithmetic
+
+
 def test_bench_command_prints_the_table(capsys):
     assert main(["bench", "--height", "16", "--width", "16", "--frames", "2", "--steps", "3", "--repeats", "1",
                  "--threads", "1"]) == 0
@@ -45,6 +65,7 @@ def test_bench_command_prints_the_table(capsys):
     print(out)
     assert "parallel, KV cache" in out and "next-token, KV cache" in out and "parallel, no KV cache" in out
     assert "next-token / parallel (KV cache):" in out
+    assert "GFLOP/s" in out and "matmul peak here (1 threads, 1024^3):" in out
     assert main(["bench", "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
 
@@ -63,6 +84,7 @@ def test_bench_table_writes_the_markdown_file(tmp_path, capsys):
     assert "| 6 |" in rows[0] and "| 4 |" in rows[1] and "| 33 |" in rows[2]   # F(S+1), F S, 1 + F N
     assert "x time" in rows[2]                                   # the next-token / parallel ratio
     assert "lumos bench --table --table-rows tiny@2x4x4:2" in text        # the command that regenerates it
+    assert "| GFLOP/video | GFLOP/s (% of matmul peak) |" in text and "*Matmul peak*:" in text
     assert "torch " in text and "threads: 1" in text and "ru_maxrss" in text
     assert "not run here (needs a GPU): `lumos bench --table --device cuda --dtype bfloat16" in text
     assert "not run this time" in text                           # the CPU rows that were left out

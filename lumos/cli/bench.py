@@ -121,6 +121,39 @@ class BenchRow:
     forwards: int          # counted by the sampler
     expected: int          # the formula
     seconds: float         # median wall time per video
+    flops: int = 0         # floating-point operations of one video (matmuls and attention; `count_flops`)
+
+
+def count_flops(fn) -> int:
+    """The floating-point operations of `fn()` as torch's FlopCounterMode counts them: the matmuls and the
+    attention (2 per multiply-add); elementwise work is not counted. torch has no formula for the CPU's
+    flash-attention kernel, so it is given the SDPA one."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def sdpa(q, k, v, *args, out_shape=None, **kwargs):       # shapes in (FlopCounterMode passes them)
+        return sdpa_flop_count(q, k, v)
+
+    extra = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa}
+    with FlopCounterMode(display=False, custom_mapping=extra) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, dtype=torch.float32, n: int = 1024, repeats: int = 8) -> float:
+    """FLOP/s of an n x n x n matmul on `device` in `dtype` at the current thread count: about the most a
+    model made of matmuls can reach here (the best of `repeats`, after a warm-up)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    best = float("inf")
+    for r in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if r:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
 
 
 def bench_plan(model, h: int, w: int, frames: int, cfg: SampleConfig, text_len: int, seed: int):
@@ -138,30 +171,44 @@ def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, m
     cfg = SampleConfig(num_inference_steps=num_inference_steps, **settings)
     plan = bench_plan(model, h, w, frames, cfg, text_len, seed)
     device = plan.tokens.device
-    rows = []
+    rows, flops = [], {}
     for mode in modes:
         times, forwards = [], 0
         sampler_mode = "parallel" if mode == "compiled" else mode      # compiled: the parallel step, compiled
         for r in range(repeats + 1):                           # run 0 warms up (allocator, kernels)
-            generator = torch.Generator(device=device).manual_seed(seed)
+            def run():
+                generator = torch.Generator(device=device).manual_seed(seed)
+                return generate(model, plan, cfg, generator, mode=sampler_mode, compile=mode == "compiled").forwards
+            if r == 0 and mode != "compiled":                  # the warm-up also counts the FLOPs (not timed)
+                flops[mode] = count_flops(run)
+                continue
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            forwards = generate(model, plan, cfg, generator, mode=sampler_mode, compile=mode == "compiled").forwards
+            forwards = run()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if r:
                 times.append(time.perf_counter() - t0)
+        # compiled: the same arithmetic as parallel (inductor's kernels are not counted by the flop counter)
         rows.append(BenchRow(mode, forwards, expected_forwards(sampler_mode, frames, cfg.num_inference_steps, h * w),
-                             statistics.median(times)))
+                             statistics.median(times), flops.get(sampler_mode, 0)))
     return rows
 
 
-def format_table(rows: list[BenchRow]) -> str:
-    lines = [f"{'mode':<24}{'forwards':>9}  {'formula':<8}{'s/video':>10}{'ms/forward':>12}"]
+def format_table(rows: list[BenchRow], peak: float | None = None) -> str:
+    """The rows; `peak` (FLOP/s, `matmul_peak`): also each mode's share of it and the time it would take
+    at it (the floor of this much arithmetic on this machine)."""
+    lines = [f"{'mode':<30}{'forwards':>9}  {'formula':<8}{'s/video':>10}{'ms/forward':>12}{'GFLOP':>9}{'GFLOP/s':>9}"]
     for r in rows:
         label, formula = LABELS[r.mode]
-        lines.append(f"{label:<24}{r.forwards:>9}  {formula:<8}{r.seconds:>10.3f}{1e3 * r.seconds / r.forwards:>12.2f}")
+        rate = f"{r.flops / r.seconds / 1e9:>9.1f}" if r.flops else f"{'-':>9}"
+        lines.append(f"{label:<30}{r.forwards:>9}  {formula:<8}{r.seconds:>10.3f}{1e3 * r.seconds / r.forwards:>12.2f}"
+                     f"{r.flops / 1e9:>9.2f}{rate}")
+    if peak:
+        lines.append(f"matmul peak here ({torch.get_num_threads()} threads, 1024^3): {peak / 1e9:.1f} GFLOP/s; at it "
+                     + ", ".join(f"{LABELS[r.mode][0]} would take {r.flops / peak:.2f} s "
+                                 f"({100 * r.flops / peak / r.seconds:.0f}% reached)" for r in rows if r.flops))
     by = {r.mode: r for r in rows}
     if "parallel" in by and "next-token" in by:
         p, n = by["parallel"], by["next-token"]
@@ -247,7 +294,7 @@ def run(args) -> int:
     print(f"one video: F={frames} frames of {h}x{w} = N={h * w} codes, S={settings['num_inference_steps']} steps, "
           f"guidance {settings['guidance_scale']:g}, {args.text_len} text tokens, {cfg_rows}; "
           f"median of {args.repeats} runs")
-    print(format_table(rows))
+    print(format_table(rows, matmul_peak(device, dtype)))
     default_shape = ("num_frames" in defaults and frames == latent_frames(defaults["num_frames"])
                      and height == defaults.get("height") and width == defaults.get("width"))
     by = {r.mode: r for r in rows}
@@ -451,8 +498,8 @@ def table_child(job_json: str) -> None:
     else:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss"
     print(json.dumps(dict(seconds=row.seconds, forwards=row.forwards, expected=row.expected, peak_bytes=peak,
-                          peak_kind=kind, base_rss=base_rss, params=model.num_params(),
-                          threads=torch.get_num_threads())))
+                          peak_kind=kind, base_rss=base_rss, params=model.num_params(), flops=row.flops,
+                          matmul_peak=matmul_peak(device, dtype), threads=torch.get_num_threads())))
 
 
 def format_markdown(args, device, threads, names, results, not_run) -> str:
@@ -475,12 +522,13 @@ def format_markdown(args, device, threads, names, results, not_run) -> str:
               f"counted by the sampler. The `bench-*` rows are random-weight models of the `lumos.config` presets "
               f"(illustrative shapes, not the released checkpoints). {mem}.", ""]
     head = ("| model | params | frame size (F x h x w) | steps | guidance | threads | mode | s/video | "
-            "forward passes | ms/forward | peak memory | next-token / parallel |")
+            "forward passes | ms/forward | GFLOP/video | GFLOP/s (% of matmul peak) | peak memory | "
+            "next-token / parallel |")
     lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     group = {}
     for row, settings, t, mode, res in results:
         group.setdefault((row.name, t), {})[mode] = res
-    bases = []
+    bases, peaks = [], {}
     for row, settings, t, mode, res in results:
         g = group[(row.name, t)]
         ratio = ""
@@ -488,10 +536,14 @@ def format_markdown(args, device, threads, names, results, not_run) -> str:
             ratio = f"{res['seconds'] / g['parallel']['seconds']:.2f}x time, " \
                     f"{res['forwards'] / g['parallel']['forwards']:.1f}x passes"
         label = row.name + (" (random weights)" if row.source in CONFIGS else "")
+        flops = f"{res['flops'] / 1e9:,.1f}" if res.get("flops") else ""
+        rate = (f"{res['flops'] / res['seconds'] / 1e9:,.1f} ({100 * res['flops'] / res['seconds'] / res['matmul_peak']:.0f}%)"
+                if res.get("flops") and res.get("matmul_peak") else "")
+        peaks.setdefault(res["threads"] if not cuda else "-", []).append(res.get("matmul_peak") or 0)
         lines.append(f"| {label} | {res['params'] / 1e6:,.1f}M | {row.frames} x {row.h} x {row.w} | "
                      f"{settings['num_inference_steps']} | {settings['guidance_scale']:g} | "
                      f"{res['threads'] if not cuda else '-'} | {LABELS[mode][0]} | {res['seconds']:.3f} | "
-                     f"{res['forwards']} | {1e3 * res['seconds'] / res['forwards']:.1f} | "
+                     f"{res['forwards']} | {1e3 * res['seconds'] / res['forwards']:.1f} | {flops} | {rate} | "
                      f"{fmt_mem(res['peak_bytes'])} | {ratio} |")
         bases.append(res["base_rss"])
     for n in not_run:
@@ -505,7 +557,15 @@ def format_markdown(args, device, threads, names, results, not_run) -> str:
             cmd = f"lumos bench --table --device cuda --dtype bfloat16 --table-rows {n} --out docs/performance-gpu.md"
         label = n + (" (random weights)" if row.source in CONFIGS else "")
         lines.append(f"| {label} | | {row.frames} x {row.h} x {row.w} | {settings['num_inference_steps']} | "
-                     f"{settings['guidance_scale']:g} | | {why}: `{cmd}` | | | | | |")
+                     f"{settings['guidance_scale']:g} | | {why}: `{cmd}` | | | | | | | |")
+    if any(max(v) for v in peaks.values()):
+        at = "; ".join(f"{max(v) / 1e9:,.1f} GFLOP/s" + (f" at {t} thread(s)" if t != "-" else "")
+                       for t, v in sorted(peaks.items(), key=lambda kv: str(kv[0])) if max(v))
+        lines += ["", f"*GFLOP/video*: the matmuls and attention of one video as `torch.utils.flop_counter` counts "
+                      f"them (2 per multiply-add; elementwise work not counted; compiled: the same arithmetic as "
+                      f"parallel). *Matmul peak*: the best time of a 1024x1024x1024 {args.dtype} matmul in each run's "
+                      f"process, {at}. A row at a high share of it is bound by its arithmetic: only less arithmetic "
+                      f"(fewer steps, rows or parameters) makes it faster on this machine."]
     if bases and not cuda:
         lines += ["", f"*base*: the resident set of a child after importing torch, before building its model: "
                       f"{fmt_mem(min(bases))} to {fmt_mem(max(bases))}."]
