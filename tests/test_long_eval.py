@@ -207,6 +207,8 @@ def test_cli_long_writes_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "### 33 frames" in printed and "| val | 1 | 17-32 | 1 |" in printed and "report.json" in printed
     report = json.loads((out / "report.json").read_text())
-    assert report["model"] == "moving-digits" and report["long"]["window_frames"] is None
+    # no --window-frames: the model's own window (its pipeline.json), reported as such
+    assert report["model"] == "moving-digits" and report["long"]["window_frames"] == 4
+    assert "Long videos: window 4 latent frames, 0 sink frames" in printed
     assert [p["frames"] for p in report["long"]["lengths"]["33"]["per_segment"]["val"]] == [[0, 17], [17, 33]]
     assert report["settings"]["num_frames"] == 33 and len(report["videos"]) == 1

@@ -381,7 +381,9 @@ def evaluate_long(pipe, items: list[Item], lengths, seed: int = 0, *, batch_size
         "aggregates": {},
         "next_token": None,
         "ceiling": None,
-        "long": {"window_frames": window.get("window_frames"), "sink_frames": window.get("sink_frames"),
+        # the window given, else the pipeline's default one (its pipeline.json)
+        "long": {"window_frames": window.get("window_frames", filled.get("window_frames")),
+                 "sink_frames": window.get("sink_frames", filled.get("sink_frames")),
                  "segment_frames": SEGMENT, "lengths": per_length},
         "videos": rows,
     }
