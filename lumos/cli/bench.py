@@ -139,9 +139,15 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(device: torch.device, dtype=torch.float32, n: int = 1024, repeats: int = 8) -> float:
-    """FLOP/s of an n x n x n matmul on `device` in `dtype` at the current thread count: about the most a
-    model made of matmuls can reach here (the best of `repeats`, after a warm-up)."""
+def peak_size(device: torch.device) -> int:
+    """The matmul side of `matmul_peak`: 1024 on a CPU; 8192 on a GPU, where a smaller one is launch-bound."""
+    return 8192 if device.type == "cuda" else 1024
+
+
+def matmul_peak(device: torch.device, dtype=torch.float32, n: int | None = None, repeats: int = 8) -> float:
+    """FLOP/s of an n x n x n matmul (`peak_size`) on `device` in `dtype` at the current thread count:
+    about the most a model made of matmuls can reach here (the best of `repeats`, after a warm-up)."""
+    n = n or peak_size(device)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     best = float("inf")
     for r in range(repeats + 1):
@@ -196,7 +202,7 @@ def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, m
     return rows
 
 
-def format_table(rows: list[BenchRow], peak: float | None = None) -> str:
+def format_table(rows: list[BenchRow], peak: float | None = None, device=torch.device("cpu")) -> str:
     """The rows; `peak` (FLOP/s, `matmul_peak`): also each mode's share of it and the time it would take
     at it (the floor of this much arithmetic on this machine)."""
     lines = [f"{'mode':<30}{'forwards':>9}  {'formula':<8}{'s/video':>10}{'ms/forward':>12}{'GFLOP':>9}{'GFLOP/s':>9}"]
@@ -206,7 +212,9 @@ def format_table(rows: list[BenchRow], peak: float | None = None) -> str:
         lines.append(f"{label:<30}{r.forwards:>9}  {formula:<8}{r.seconds:>10.3f}{1e3 * r.seconds / r.forwards:>12.2f}"
                      f"{r.flops / 1e9:>9.2f}{rate}")
     if peak:
-        lines.append(f"matmul peak here ({torch.get_num_threads()} threads, 1024^3): {peak / 1e9:.1f} GFLOP/s; at it "
+        n = peak_size(device)
+        where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+        lines.append(f"matmul peak here ({where}, {n}^3): {peak / 1e9:.1f} GFLOP/s; at it "
                      + ", ".join(f"{LABELS[r.mode][0]} would take {r.flops / peak:.2f} s "
                                  f"({100 * r.flops / peak / r.seconds:.0f}% reached)" for r in rows if r.flops))
     by = {r.mode: r for r in rows}
@@ -294,7 +302,7 @@ def run(args) -> int:
     print(f"one video: F={frames} frames of {h}x{w} = N={h * w} codes, S={settings['num_inference_steps']} steps, "
           f"guidance {settings['guidance_scale']:g}, {args.text_len} text tokens, {cfg_rows}; "
           f"median of {args.repeats} runs")
-    print(format_table(rows, matmul_peak(device, dtype)))
+    print(format_table(rows, matmul_peak(device, dtype), device))
     default_shape = ("num_frames" in defaults and frames == latent_frames(defaults["num_frames"])
                      and height == defaults.get("height") and width == defaults.get("width"))
     by = {r.mode: r for r in rows}
@@ -563,8 +571,8 @@ def format_markdown(args, device, threads, names, results, not_run) -> str:
                        for t, v in sorted(peaks.items(), key=lambda kv: str(kv[0])) if max(v))
         lines += ["", f"*GFLOP/video*: the matmuls and attention of one video as `torch.utils.flop_counter` counts "
                       f"them (2 per multiply-add; elementwise work not counted; compiled: the same arithmetic as "
-                      f"parallel). *Matmul peak*: the best time of a 1024x1024x1024 {args.dtype} matmul in each run's "
-                      f"process, {at}. A row at a high share of it is bound by its arithmetic: only less arithmetic "
+                      f"parallel). *Matmul peak*: the best time of an n x n x n {args.dtype} matmul "
+                      f"(n = {peak_size(device)}) in each run's process, {at}. A row at a high share of it is bound by its arithmetic: only less arithmetic "
                       f"(fewer steps, rows or parameters) makes it faster on this machine."]
     if bases and not cuda:
         lines += ["", f"*base*: the resident set of a child after importing torch, before building its model: "
