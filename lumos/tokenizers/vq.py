@@ -32,7 +32,7 @@ Architecture (`VQConfig`; defaults are the Moving Digits tokenizer, 4x8x8, 1,000
   the tokenizer ceiling of wrapped 65-frame clips rises from 75% digit / 44% identity-stable to
   100% / 100% (16 clips), but about 2 codes in 3 change (zero padding is mid-grey next to the black
   canvas, the other edge is black), and the shipped transformer, which speaks the zero-padded codes,
-  lost identity stability (validation 92% -> 73%); see configs/moving-digits-stage4-wrap.toml.
+  lost identity stability (validation 92% -> 73%); see configs/experiment-wrap-finetune.toml.
 
 Files: `save_pretrained(dir)` writes `vq_config.json` + `vq.safetensors` (float32 state_dict).
 
