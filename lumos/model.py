@@ -54,15 +54,15 @@ class QKNorm(nn.Module):
 
     def __init__(self, head_dim: int, groups: int, n_heads: int):
         super().__init__()
-        self.heads_per_group = n_heads // groups
         self.weight = nn.Parameter(torch.empty(groups, head_dim))
         self.bias = nn.Parameter(torch.empty(groups, head_dim))
 
     def forward(self, x):  # x: (B, L, nh, hd)
-        x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
-        w = self.weight.repeat_interleave(self.heads_per_group, dim=0)        # (nh, hd)
-        b = self.bias.repeat_interleave(self.heads_per_group, dim=0)
-        return x * w + b
+        groups, hd = self.weight.shape
+        if groups == 1:   # one affine for every head: inside the norm's kernel (one op instead of four)
+            return F.layer_norm(x, (hd,), self.weight[0], self.bias[0], eps=1e-5)
+        x = F.layer_norm(x, (hd,), eps=1e-5).unflatten(2, (groups, -1))          # (B, L, groups, nh / groups, hd)
+        return (x * self.weight[:, None] + self.bias[:, None]).flatten(2, 3)
 
 
 # ---------------------------------------------------------------------------------------------- rope
@@ -94,6 +94,11 @@ def flex_attention(q, k, v, block_mask):
     if _compiled_flex is None:
         _compiled_flex = torch.compile(_flex, dynamic=False)
     return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def take(x, at):
+    """x (B, L, ...) at positions at (B, M) -> (B, M, ...): each row its own positions."""
+    return x.gather(1, at.view(*at.shape, *(1,) * (x.dim() - 2)).expand(*at.shape, *x.shape[2:]))
 
 
 def attend(q, k, v, mask):
@@ -133,21 +138,29 @@ class Attention(nn.Module):
         self.head_dim = hd
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask, cache_pos=None, kv_len=None):
+    def forward(self, x, cos, sin, mask, cache_pos=None, kv_len=None, at=None):
+        """at: (B, M) the positions whose outputs are wanted (None: all). Keys and values are computed
+        (and cached) at every position, queries only at these. Returns (B, M or L, D)."""
         B, L, _ = x.shape
         hd = self.head_dim
         # -1 for the head counts: tensor parallelism may shard them without a model change.
-        q = self.q_norm(self.q_proj(x).view(B, L, -1, hd))                  # (B, L, nh, hd)
-        k = self.k_norm(self.k_proj(x).view(B, L, -1, hd))                  # (B, L, nkv, hd)
-        v = self.v_proj(x).view(B, L, -1, hd)                               # (B, L, nkv, hd)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                    # (B, n, L, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = self.k_norm(self.k_proj(x).view(B, L, -1, hd)).transpose(1, 2)  # (B, nkv, L, hd)
+        v = self.v_proj(x).view(B, L, -1, hd).transpose(1, 2)               # (B, nkv, L, hd)
+        k = apply_rope(k, cos, sin)
         if cache_pos is not None:
             k, v = self.kv_cache.update(cache_pos, k, v)                    # (B, nkv, max_len, hd)
             if kv_len is not None:                                          # only the live prefix
                 k, v = k[:, :, :kv_len], v[:, :, :kv_len]                   # (B, nkv, kv_len, hd)
-        y = attend(q, k, v, mask)                                           # (B, nh, L, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
+        if at is not None:
+            if at.shape[1] == 0:                                            # a pass that only fills the cache
+                return x.new_zeros(B, 0, self.o_proj.out_features)
+            x, cos, sin = take(x, at), take(cos, at), take(sin, at)
+            if mask is not None and mask.shape[2] > 1:                      # one mask row per query
+                mask = take(mask.expand(B, -1, L, -1).transpose(1, 2), at).transpose(1, 2)
+        M = x.shape[1]
+        q = self.q_norm(self.q_proj(x).view(B, M, -1, hd)).transpose(1, 2)  # (B, nh, M, hd)
+        y = attend(apply_rope(q, cos, sin), k, v, mask)                     # (B, nh, M, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, M, -1))
 
 
 class MLP(nn.Module):
@@ -170,11 +183,13 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.swin_norm = cfg.swin_norm
 
-    def forward(self, x, cos, sin, mask, cache_pos=None, kv_len=None):
+    def forward(self, x, cos, sin, mask, cache_pos=None, kv_len=None, at=None):
+        """at: (B, M) the outputs at these positions only (`Attention.forward`)."""
+        res = x if at is None else take(x, at)
         if self.swin_norm:  # norm after the sublayer (the HF names keep their pre-norm meaning)
-            x = x + self.input_layernorm(self.self_attn(x, cos, sin, mask, cache_pos, kv_len))
+            x = res + self.input_layernorm(self.self_attn(x, cos, sin, mask, cache_pos, kv_len, at))
             return x + self.post_attention_layernorm(self.mlp(x))
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos, kv_len)
+        x = res + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos, kv_len, at)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -303,7 +318,7 @@ class LumosModel(nn.Module):
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, pos: Positions | None = None, mask=None,
                 cache_pos: torch.Tensor | None = None, kv_len: int | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, at: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: (B, L) int64.
         pos: positions of these tokens; default: computed from `tokens` as a whole sequence.
         mask: dense bool (B, 1, L, Lk) / BlockMask / None. Default without a cache: the frame-causal
@@ -313,10 +328,16 @@ class LumosModel(nn.Module):
         kv_len: attend to the first kv_len cache slots only (a host int known from the layout, e.g. the
             end of the frame being decoded; the mask must then have kv_len columns). None = the whole
             buffer (one static shape for CUDA graphs).
-        Returns fp32 logits (B, L, V), or final hidden states (B, L, D) (then `head(hidden, rows)` gives
-        the logits of a vocabulary slice only, as the sampler does for the visual codes)."""
+        at: (B, M) int64 positions: return only these (each row its own; M may be 0). The last layer
+            then computes its queries, attention output and MLP there only (keys and values everywhere,
+            as the cache needs them): the sampler wants a step's still-masked codes, and nothing from a
+            pass that only writes the cache. A dense mask or none.
+        Returns fp32 logits (B, L or M, V), or final hidden states (B, L or M, D) (then `head(hidden, rows)`
+        gives the logits of a vocabulary slice only, as the sampler does for the visual codes)."""
         B, L = tokens.shape
         c = self.config
+        if at is not None and mask is not None and not isinstance(mask, torch.Tensor):
+            raise LumosError("at= needs a dense mask or none (a BlockMask is not cut to positions)")
         if pos is None:
             pos = self.positions(tokens)
         cos, sin = rope_cos_sin(pos, c.head_dim, c.rope_theta, c.rope_type)     # (B, L, hd) fp32, once
@@ -327,7 +348,8 @@ class LumosModel(nn.Module):
                 max_len = kv_len or self.model.layers[0].self_attn.kv_cache.k.shape[2]
                 mask = (torch.arange(max_len, device=tokens.device) <= cache_pos[-1])[None, None, None]
         x = self.model.embed_tokens(tokens)                                       # (B, L, D)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache_pos, kv_len)
+        last = len(self.model.layers) - 1
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache_pos, kv_len, at if i == last else None)
         x = self.model.norm(x)
         return x if return_hidden else self.head(x)

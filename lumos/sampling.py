@@ -552,12 +552,13 @@ class Stats:
     forwards: int = 0          # model forward passes (each batched over all rows)
 
 
-def _forward(model, stats: Stats | None, tokens, pos, mask, cache_pos=None, kv_len=None):
+def _forward(model, stats: Stats | None, tokens, pos, mask, cache_pos=None, kv_len=None, at=None):
     """One counted forward. With the cache, `kv_len` (a host int from the layout) bounds attention to
-    the live prefix of the cache; `mask` then has kv_len columns."""
+    the live prefix of the cache; `mask` then has kv_len columns. at: (B, M) the positions whose
+    hidden states are wanted (the model's last layer works there only), None = all."""
     if stats is not None:
         stats.forwards += 1
-    return model(tokens, pos=pos, mask=mask, cache_pos=cache_pos, kv_len=kv_len, return_hidden=True)  # (B, Lq, D)
+    return model(tokens, pos=pos, mask=mask, cache_pos=cache_pos, kv_len=kv_len, return_hidden=True, at=at)  # (B, Lq or M, D)
 
 
 def _visual_rows(vocab: Vocab) -> slice:
@@ -672,6 +673,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     unknown = [N] + counts[:-1]                                  # codes still masked before each step
     temps = remask_temperatures(cfg.remask_temperature, cfg.num_inference_steps, F, cfg.reference_compat)
     cols = torch.arange(L, device=device)
+    nothing = cols.new_empty(B, 0)                               # `at` of a pass that only writes the cache
     # The context as the model sees it: history frames as cached (masked copies), current frame as is.
     ctx = plan.tokens.clone()
     if use_cache:
@@ -701,15 +703,19 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
             for s in tqdm(range(cfg.num_inference_steps), desc=f"frame {f + 1}/{F}", unit="step",
                           disable=not progress, leave=False):
                 x = frame.repeat(reps, 1)                                            # (B, Lf)
-                if use_cache:
-                    hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len)
-                else:
-                    ctx[:, s0:e0] = x
-                    hidden = _forward(model, stats, ctx[:, :e0], pos, mask)[:, s0:]
-                # Predict only the codes still masked: the known ones are kept whatever their logits say.
+                # Predict only the codes still masked: the known ones are kept whatever their logits say,
+                # so the model's last layer works at these positions only (compiled: everywhere, one shape).
                 todo = masked_positions(frame[:, plan.code_idx] == vocab.mask, unknown[s])      # (n, M)
                 at = plan.code_idx[todo]                                                        # (n, M) columns
-                h = hidden.gather(1, at.repeat(reps, 1)[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, M, D)
+                rows = at.repeat(reps, 1)                                                       # (B, M)
+                if compile:
+                    hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len)
+                    h = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))      # (B, M, D)
+                elif use_cache:
+                    h = _forward(model, stats, x, pos, mask, cache_pos, kv_len, at=rows)        # (B, M, D)
+                else:
+                    ctx[:, s0:e0] = x
+                    h = _forward(model, stats, ctx[:, :e0], pos, mask, at=rows + s0)
                 codes, p, ok = predict_codes(model, h, n, cfg, generator)                      # (n, M) x 2
                 finite &= ok
                 frame.scatter_(1, at, maskgit_step(codes, p, counts[s], temps[f][s], generator, vocab))
@@ -725,7 +731,8 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
             history[:, plan.hist_idx] = vocab.mask
             ctx[:, s0:e0] = history.repeat(reps, 1)
             if use_cache and f < F - 1:                           # the last frame is never attended to
-                _forward(forward, stats, ctx[:, s0:e0].contiguous(), pos, mask, cache_pos, kv_len)   # a step's strides
+                _forward(forward, stats, ctx[:, s0:e0].contiguous(), pos, mask, cache_pos, kv_len,   # a step's strides
+                         at=None if compile else nothing)                   # keys and values only
             yield (frame[:, plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
     finally:
         if use_cache:

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lumos.model import take
 from lumos.positions import Positions
 from lumos.sampling import SampleConfig, generate, plan_generation
 from seqs import sharp_model
@@ -125,7 +126,7 @@ class TwoPassCFG(Recorder):
         self.inner.clear_cache()
         self.uncond.clear_cache()
 
-    def forward(self, tokens, pos, mask, cache_pos=None, kv_len=None, return_hidden=True):
+    def forward(self, tokens, pos, mask, cache_pos=None, kv_len=None, return_hidden=True, at=None):
         n, p = tokens.shape[0] // 2, self.pad
         cond = self.inner(tokens[:n], pos=Positions(*(t[:n] for t in pos)), mask=mask[:n], cache_pos=cache_pos,
                           kv_len=kv_len, return_hidden=True)
@@ -135,7 +136,8 @@ class TwoPassCFG(Recorder):
         unc = self.uncond(tokens[n:, keep:], pos=Positions(*(t[n:, keep:] for t in pos)), mask=m[..., p:],
                           cache_pos=None if cache_pos is None else cache_pos[keep:] - p,
                           kv_len=None if kv_len is None else kv_len - p, return_hidden=True)
-        return torch.cat([cond, F.pad(unc, (0, 0, keep, 0))])     # zeros stand for the padding queries
+        out = torch.cat([cond, F.pad(unc, (0, 0, keep, 0))])      # zeros stand for the padding queries
+        return out if at is None else take(out, at)               # the positions the sampler asked for
 
 
 @pytest.mark.parametrize("mode", ["parallel", "next-token"])

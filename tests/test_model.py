@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from lumos.masks import frame_causal_mask, frame_ids
+from lumos.utils import LumosError
 from seqs import allow_cpu_flex_backward, ref_mask, ref_positions, ref_rope_angles, sharp_model, t2v
 
 
@@ -154,6 +156,43 @@ def test_kv_cache_equals_full_forward():
         out = model(seq[:, s:e], pos=pos.slice(s, e), cache_pos=torch.arange(s, e), kv_len=e)
         torch.testing.assert_close(out, full[:, s:e], atol=1e-5, rtol=0)
         model.clear_cache()
+
+
+@pytest.mark.parametrize("variant", ["tiny", "swin-norm", "gqa-groups2"])
+def test_outputs_at_positions_equal_the_full_forward(variant):
+    """`at=` (the sampler's still-masked codes): the last layer works at those positions only; the
+    outputs there equal the full forward's (each row its own positions, uncached under the dense
+    frame-causal mask and cached), and a pass with no positions writes the same cache as a full one.
+    atol 1e-5 (logits ~4): the last layer's GEMMs have fewer rows, so the BLAS may sum in another order."""
+    model = make_model(**VARIANTS[variant])
+    V = model.config.vocab
+    seq = torch.as_tensor(t2v(V, n_text=5, frames=3, h=3, w=4))[None].repeat(2, 1)
+    L = seq.shape[1]
+    s = int((seq[0] == V.frame_start).nonzero()[-1])                                     # the last frame
+    e = int((seq[0] == V.frame_end).nonzero()[-1]) + 1
+    at = torch.stack([torch.arange(e - 9, e - 2), torch.arange(s, e, 2)[:7].flip(0)])     # (2, 7)
+    with torch.no_grad():
+        full = model(seq)                                                                  # (2, L, V)
+        want = full.gather(1, at[..., None].expand(-1, -1, full.shape[-1]))
+        torch.testing.assert_close(model(seq, at=at), want, atol=1e-5, rtol=0)
+        # cached: all before the last frame, then the last frame as one chunk, only `at` of it wanted
+        pos = model.positions(seq)
+        caches = []
+        for chunk_at in (at - s, at[:, :0], None):
+            model.setup_cache(2, max_len=L)
+            model(seq[:, :s], pos=pos.slice(0, s), cache_pos=torch.arange(s),
+                  mask=frame_causal_mask(frame_ids(seq, V), q_start=0, q_end=s, kv_len=L))
+            out = model(seq[:, s:e], pos=pos.slice(s, e), cache_pos=torch.arange(s, e), at=chunk_at)
+            caches.append([(a.self_attn.kv_cache.k.clone(), a.self_attn.kv_cache.v.clone()) for a in model.model.layers])
+            if chunk_at is not None and chunk_at.shape[1]:
+                torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+            elif chunk_at is not None:
+                assert out.shape == (2, 0, V.vocab_size)                    # nothing asked: the cache only
+        model.clear_cache()
+    for a, b in zip(caches[1], caches[2]):                                  # the same keys and values
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    with pytest.raises(LumosError, match="dense mask"):
+        model(seq, mask=model.build_mask(seq, backend="flex"), at=at)
 
 
 def test_vocab_rows_and_hidden():

@@ -46,7 +46,7 @@ class MockModel(torch.nn.Module):
     def clear_cache(self):
         self.cache = None
 
-    def forward(self, tokens, pos=None, mask=None, cache_pos=None, kv_len=None, return_hidden=False):
+    def forward(self, tokens, pos=None, mask=None, cache_pos=None, kv_len=None, return_hidden=False, at=None):
         assert return_hidden
         B, Lq = tokens.shape
         cols = torch.arange(Lq) if cache_pos is None else cache_pos
@@ -57,7 +57,7 @@ class MockModel(torch.nn.Module):
         out = self.table[c].expand(B, Lq, K).clone()
         if self.uncond_table is not None and B % 2 == 0 and B > 1:
             out[B // 2:] = self.uncond_table[c]
-        return out
+        return out if at is None else out.gather(1, at[..., None].expand(-1, -1, K))    # the positions asked for
 
     def head(self, h, rows):
         assert rows == slice(VOCAB.visual_offset, VOCAB.visual_offset + K)
