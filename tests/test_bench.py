@@ -130,7 +130,7 @@ def test_bench_table_on_cuda_without_a_gpu_is_refused(tmp_path, capsys, monkeypa
 
 def test_bench_prints_the_built_in_models_own_video_line(capsys, monkeypatch):
     """On the built-in model, `lumos bench` defaults to its pipeline.json video (17 frames = 5 latent frames at
-    64x64, 16 steps, guidance 2) and says so; the sampler is stubbed here to keep the test fast."""
+    64x64, 6 steps, guidance 2) and says so; the sampler is stubbed here to keep the test fast."""
     import lumos.cli.bench as bench
     seen = {}
 
@@ -140,7 +140,7 @@ def test_bench_prints_the_built_in_models_own_video_line(capsys, monkeypatch):
     monkeypatch.setattr(bench, "run_bench", fake)
     assert main(["bench", "--threads", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert seen == {"h": 8, "w": 8, "frames": 5, "steps": 16, "guidance": 2.0}
+    assert seen == {"h": 8, "w": 8, "frames": 5, "steps": 6, "guidance": 2.0}
     assert "17 frames (5 latent frames) of the built-in model: 0.500 s/video" in out
     assert "next-token / parallel (KV cache):" in out
     assert main(["bench", "--threads", "1", "--repeats", "1", "--frames", "3", "--steps", "4"]) == 0

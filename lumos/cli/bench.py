@@ -21,7 +21,7 @@ where small passes are latency-bound, the two get close.
 
 On a model with a pipeline.json (the built-in one) the video size (--frames latent frames from its
 num_frames, --height, --width) and the sampling settings default to that file's: `lumos bench` times the
-built-in model's own 17 frames (5 latent frames) at 64x64 with 16 steps and guidance 2.
+built-in model's own 17 frames (5 latent frames) at 64x64 with 6 steps and guidance 2.
 
     lumos bench --table                          # the fixed grid -> docs/performance.md (Markdown)
     lumos bench --table --table-threads 1 2 --out docs/performance.md
