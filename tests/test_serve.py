@@ -87,7 +87,7 @@ def test_continuation_of_an_uploaded_video(pipe, tmp_path):
 
 
 def test_the_model_defaults_fill_the_page_within_the_limits(pipe, tmp_path):
-    assert studio(pipe, tmp_path).defaults() == {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 16,
+    assert studio(pipe, tmp_path).defaults() == {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 6,
                                                  "guidance_scale": 2.0, "history_mask_ratio": 0.7, "temperature": 0.6}
     small = studio(pipe, tmp_path, max_frames=9, max_steps=4, max_resolution=40)
     assert small.max_side == 40 and small.defaults()["num_frames"] == 9 and small.defaults()["num_inference_steps"] == 4
