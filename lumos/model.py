@@ -31,7 +31,7 @@ from lumos import checkpoint
 from lumos.config import ModelConfig
 from lumos.masks import frame_causal_block_mask, frame_causal_mask, frame_ids
 from lumos.positions import Positions, rope_cos_sin, rope_for
-from lumos.utils import LumosError
+from lumos.utils import LumosError, take
 
 
 # ---------------------------------------------------------------------------------------------- norms
@@ -94,11 +94,6 @@ def flex_attention(q, k, v, block_mask):
     if _compiled_flex is None:
         _compiled_flex = torch.compile(_flex, dynamic=False)
     return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
-
-
-def take(x, at):
-    """x (B, L, ...) at positions at (B, M) -> (B, M, ...): each row its own positions."""
-    return x.gather(1, at.view(*at.shape, *(1,) * (x.dim() - 2)).expand(*at.shape, *x.shape[2:]))
 
 
 def attend(q, k, v, mask):

@@ -84,7 +84,7 @@ from tqdm.auto import tqdm
 
 from lumos.masks import frame_causal_mask, frame_ids
 from lumos.positions import Positions, add, shift
-from lumos.utils import LumosError, check_keys, fits
+from lumos.utils import LumosError, check_keys, fits, take
 from lumos.vocab import Vocab
 
 MODES = ("parallel", "parallel-nocache", "next-token")
@@ -710,7 +710,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                 rows = at.repeat(reps, 1)                                                       # (B, M)
                 if compile:
                     hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len)
-                    h = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))      # (B, M, D)
+                    h = take(hidden, rows)                                                      # (B, M, D)
                 elif use_cache:
                     h = _forward(model, stats, x, pos, mask, cache_pos, kv_len, at=rows)        # (B, M, D)
                 else:

@@ -114,6 +114,11 @@ def check_output(path: str | os.PathLike, what: str = "output", folder: bool = F
     return path
 
 
+def take(x, at):
+    """x (B, L, ...) at positions at (B, M) -> (B, M, ...): each row its own positions."""
+    return x.gather(1, at.view(*at.shape, *(1,) * (x.dim() - 2)).expand(*at.shape, *x.shape[2:]))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 (hex) of a file's bytes, or of a folder: of each regular file's name and sha256, in name
     order (e.g. a tokenizer folder: its config and weights)."""

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lumos.model import take
 from lumos.positions import Positions
 from lumos.sampling import SampleConfig, generate, plan_generation
+from lumos.utils import take
 from seqs import sharp_model
 
 

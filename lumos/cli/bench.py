@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -56,6 +55,7 @@ import torch
 from lumos.cli.flags import SettingFlags, add_threads, apply_threads
 from lumos.cli.generate import DTYPES
 from lumos.sampling import SampleConfig, check_generation, check_seed, expected_forwards, generate, plan_generation
+from lumos.tokenizers.base import num_latent_frames
 from lumos.utils import LumosError, atomic_write
 
 # Fewer steps than a real generation by default: the pass counts and their ratio are what is measured.
@@ -228,11 +228,6 @@ def format_table(rows: list[BenchRow], peak: float | None = None, device=torch.d
     return "\n".join(lines)
 
 
-def latent_frames(num_frames: int) -> int:
-    """Latent frames of a video of num_frames pixel frames (the causal tokenizers' rule)."""
-    return 1 + math.ceil((num_frames - 1) / TEMPORAL)
-
-
 def model_defaults(model_dir) -> dict:
     """The pipeline.json of a model folder (PipelineDefaults' fields given there), {} without one."""
     from lumos.pipeline import DEFAULTS_FILE, PipelineDefaults
@@ -280,7 +275,7 @@ def run(args) -> int:
     settings = sampling_settings(given, defaults)
     height = args.height or defaults.get("height", 64)
     width = args.width or defaults.get("width", 64)
-    frames = args.frames or (latent_frames(defaults["num_frames"]) if "num_frames" in defaults else 4)
+    frames = args.frames or (num_latent_frames(defaults["num_frames"], TEMPORAL) if "num_frames" in defaults else 4)
     if height % args.patch or width % args.patch:
         raise LumosError(f"--height/--width {height}x{width} are not multiples of --patch {args.patch}")
     device, dtype = resolve_device(args.device, DTYPES[args.dtype])
@@ -303,7 +298,7 @@ def run(args) -> int:
           f"guidance {settings['guidance_scale']:g}, {args.text_len} text tokens, {cfg_rows}; "
           f"median of {args.repeats} runs")
     print(format_table(rows, matmul_peak(device, dtype), device))
-    default_shape = ("num_frames" in defaults and frames == latent_frames(defaults["num_frames"])
+    default_shape = ("num_frames" in defaults and frames == num_latent_frames(defaults["num_frames"], TEMPORAL)
                      and height == defaults.get("height") and width == defaults.get("width"))
     by = {r.mode: r for r in rows}
     if default_shape and "parallel" in by:
@@ -572,8 +567,9 @@ def format_markdown(args, device, threads, names, results, not_run) -> str:
         lines += ["", f"*GFLOP/video*: the matmuls and attention of one video as `torch.utils.flop_counter` counts "
                       f"them (2 per multiply-add; elementwise work not counted; compiled: the same arithmetic as "
                       f"parallel). *Matmul peak*: the best time of an n x n x n {args.dtype} matmul "
-                      f"(n = {peak_size(device)}) in each run's process, {at}. A row at a high share of it is bound by its arithmetic: only less arithmetic "
-                      f"(fewer steps, rows or parameters) makes it faster on this machine."]
+                      f"(n = {peak_size(device)}) in each run's process, {at}. A row at a high share of it is bound "
+                      f"by its arithmetic: only less arithmetic (fewer steps, rows or parameters) makes it faster "
+                      f"on this machine."]
     if bases and not cuda:
         lines += ["", f"*base*: the resident set of a child after importing torch, before building its model: "
                       f"{fmt_mem(min(bases))} to {fmt_mem(max(bases))}."]

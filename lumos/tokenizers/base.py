@@ -19,16 +19,20 @@ import torch
 from lumos.utils import LumosError
 
 
+def num_latent_frames(num_frames: int, temporal_compression: int) -> int:
+    """Causal rule: the first frame alone, then k_t frames per latent frame."""
+    if num_frames < 1:
+        raise LumosError(f"a video needs at least one frame, got {num_frames}")
+    return 1 + math.ceil((num_frames - 1) / temporal_compression)
+
+
 class VideoTokenizer:
     temporal_compression: int   # k_t: pixel frames per latent frame after the first
     spatial_compression: int    # k_s: pixels per token side
     codebook_size: int          # codes are in [0, codebook_size)
 
     def num_latent_frames(self, num_frames: int) -> int:
-        """Causal rule: the first frame alone, then k_t frames per latent frame."""
-        if num_frames < 1:
-            raise LumosError(f"a video needs at least one frame, got {num_frames}")
-        return 1 + math.ceil((num_frames - 1) / self.temporal_compression)
+        return num_latent_frames(num_frames, self.temporal_compression)
 
     def num_pixel_frames(self, latent_frames: int) -> int:
         return 1 + self.temporal_compression * (latent_frames - 1)

@@ -114,8 +114,8 @@ BUDGETS = {
                     num_prompts=8, heldout=True, num_inference_steps=8, steps=(4, 8, 16, 32)),
     # What docs/ablations.md reports. Sampled suites: the built-in model, 16 validation prompts and the 30
     # held-out combinations, 16 steps (its default until this suite's steps chose 6), steps 4-64. Trained
-    # suites: 600 steps of 16 from scratch per variant (at ~3.2 s a step on 2 cores, ~35 min a variant with its evaluation: the rope
-    # suite with 2 seeds is ~6 hours; a GPU does it in minutes).
+    # suites: 600 steps of 16 from scratch per variant (at ~3.2 s a step on 2 cores, ~35 min a variant with
+    # its evaluation: the rope suite with 2 seeds is ~6 hours; a GPU does it in minutes).
     "full": Budget(model="small", num_records=2000, val_records=128, max_steps=600, batch_size=16, warmup_steps=50,
                    lr=2e-3, num_prompts=16, heldout=True, num_inference_steps=16, steps=(4, 5, 6, 8, 16, 32, 64)),
 }
