@@ -11,7 +11,8 @@ Parallel decoding of one video (`iter_parallel`), per latent frame f = 0 .. F-1:
        confidence = log p(sample) + T_s * Gumbel, and re-mask the least confident so that
        m_s = clamp(floor(N cos(pi/2 (s+1)/S)), 1, unknown - 1) stay masked (N = h*w codes);
        the last step keeps everything;
-    3. the finished frame goes into the KV cache once, with a fraction r of its content tokens
+    3. the finished frame goes into the KV cache once (in the same forward as the next frame's first
+       step: the two frames side by side, frame-causal between them), with a fraction r of its content tokens
        (codes and newlines) replaced by MASK at n = round(r h(w+1)) evenly spaced positions
        round(k h(w+1) / n), the same pattern for every frame (AR-DF inference-time history masking:
        the model was trained with masked context frames; without it videos flicker, says the paper).
@@ -65,9 +66,11 @@ Ties in confidence are broken by position in both modes (the reference's `< cut_
 fewer tokens on exact ties; continuous confidences practically never tie).
 
 Forward passes per video of F generated frames, S steps, N codes per frame (each pass is batched
-over all rows, cond + uncond): parallel with KV cache 1 + F S + (F - 1) = F (S + 1) (prefill, steps,
-cache writes of every frame but the last); parallel without KV cache F S (each recomputes the whole
-sequence so far, with the same masked history); next-token 1 + F N (prefill, one pass per code).
+over all rows, cond + uncond): parallel with KV cache 1 + F S (prefill, steps; a frame's cache write
+rides with the next frame's first step), + 1 for each frame that slides a rolling window (the write
+then runs alone, before the slide), or F (S + 1) compiled (one shape: every write alone); parallel
+without KV cache F S (each recomputes the whole sequence so far, with the same masked history);
+next-token 1 + F N (prefill, one pass per code).
 """
 
 from __future__ import annotations
@@ -629,6 +632,22 @@ def _stop_requested(callback, f: int, s: int, ids: torch.Tensor, plan: "Plan") -
     return bool(callback(f, s, codes))
 
 
+def _fused_first_pass(model, plan: Plan, stats: Stats | None, write: tuple, x: torch.Tensor, e0: int,
+                      rows: torch.Tensor) -> torch.Tensor:
+    """The previous frame's cache write and this frame's first step in one forward: the two frames'
+    tokens side by side (adjacent slots), frame-causal between them (the finished frame's queries see
+    the cache up to its own end, the new frame's see that frame too), outputs at `rows` of the new frame
+    only. The same keys, values and outputs as the two passes (one fixed cost fewer)."""
+    (tokens, *_), h0 = write                             # h0: the finished frame's first column
+    B, lf = x.shape
+    cols = torch.arange(e0, device=x.device)
+    ends = torch.full((2 * lf,), e0, device=x.device)
+    ends[:lf] = h0 + lf                                   # the finished frame: keys up to its own end
+    mask = plan.valid[:, None, None, :e0] & (cols < ends[:, None])                        # (B, 1, 2 lf, e0)
+    return _forward(model, stats, torch.cat([tokens, x], 1), plan.pos.slice(h0, e0), mask, cols[h0:e0], e0,
+                    at=rows + lf)
+
+
 def compiled_step(model):
     """The model's forward for decoding steps and cache writes, compiled (`torch.compile`, inductor: C++ on
     the CPU, Triton + CUDA graphs with mode "reduce-overhead" on CUDA), kept on the model: one compilation
@@ -678,10 +697,16 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     ctx = plan.tokens.clone()
     if use_cache:
         _prefill(model, plan, ctx, stats)
+    # A finished frame's cache write (eager): (the arguments of its forward, its first column), run as part
+    # of the next frame's first pass (`_fused_first_pass`) when that frame sits in the next slot, else alone.
+    pending = None
     try:
         for f in tqdm(range(F), desc="frames", unit="frame", disable=not progress, leave=False):
             slot = min(f, slots - 1)                              # past the last slot: the window slides
             s0, e0 = plan.frame_starts[slot], plan.frame_starts[slot] + lf
+            if pending is not None and (f >= slots or pending[1] + lf != s0):
+                _forward(model, stats, *pending[0], at=nothing)   # keys and values only, before any slide
+                pending = None
             if f >= slots:
                 _slide(model, plan)
             if use_cache:
@@ -711,6 +736,9 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                 if compile:
                     hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len)
                     h = take(hidden, rows)                                                      # (B, M, D)
+                elif pending is not None:                          # + the previous frame's cache write
+                    h = _fused_first_pass(model, plan, stats, pending, x, e0, rows)             # (B, M, D)
+                    pending = None
                 elif use_cache:
                     h = _forward(model, stats, x, pos, mask, cache_pos, kv_len, at=rows)        # (B, M, D)
                 else:
@@ -731,8 +759,11 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
             history[:, plan.hist_idx] = vocab.mask
             ctx[:, s0:e0] = history.repeat(reps, 1)
             if use_cache and f < F - 1:                           # the last frame is never attended to
-                _forward(forward, stats, ctx[:, s0:e0].contiguous(), pos, mask, cache_pos, kv_len,   # a step's strides
-                         at=None if compile else nothing)                   # keys and values only
+                write = (ctx[:, s0:e0].contiguous(), pos, mask, cache_pos, kv_len)         # a step's strides
+                if compile:                                       # one shape: a pass of its own
+                    _forward(forward, stats, *write)
+                else:
+                    pending = (write, s0)
             yield (frame[:, plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
     finally:
         if use_cache:
@@ -821,9 +852,12 @@ def generate(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     return Generation(codes=torch.cat([plan.given.to(new.device), new], dim=1), forwards=stats.forwards)
 
 
-def expected_forwards(mode: str, frames: int, steps: int, codes_per_frame: int) -> int:
-    """The forward-pass count of each mode (module docstring)."""
+def expected_forwards(mode: str, frames: int, steps: int, codes_per_frame: int, slots: int | None = None) -> int:
+    """The forward-pass count of each mode (module docstring); "compiled" is parallel through `compiled_step`.
+    slots: the generated-frame slots of the layout (`len(plan.frame_starts)`; None: one per frame, no window)."""
     if mode == "parallel":
+        return 1 + frames * steps + max(0, frames - (slots or frames))
+    if mode == "compiled":
         return 1 + frames * steps + (frames - 1)
     if mode == "parallel-nocache":
         return frames * steps

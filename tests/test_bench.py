@@ -28,7 +28,7 @@ def test_forward_counts_match_the_formulas(guidance):
     Counting.calls = 0
     rows = run_bench(model, h, w, F, S, guidance_scale=guidance, repeats=1, text_len=5)
     by = {r.mode: r.forwards for r in rows}
-    assert by == {"parallel": F * (S + 1), "parallel-nocache": F * S, "next-token": 1 + F * h * w}
+    assert by == {"parallel": 1 + F * S, "parallel-nocache": F * S, "next-token": 1 + F * h * w}
     assert all(r.forwards == r.expected and r.seconds > 0 for r in rows)
     assert Counting.calls == 2 * sum(by.values())              # each mode ran twice (warm-up + 1 timed)
 
@@ -81,7 +81,7 @@ def test_bench_table_writes_the_markdown_file(tmp_path, capsys):
     assert len(rows) == 3                                         # one per mode
     for label in ("parallel, KV cache", "parallel, no KV cache", "next-token, KV cache"):
         assert sum(f"| {label} |" in r for r in rows) == 1
-    assert "| 6 |" in rows[0] and "| 4 |" in rows[1] and "| 33 |" in rows[2]   # F(S+1), F S, 1 + F N
+    assert "| 5 |" in rows[0] and "| 4 |" in rows[1] and "| 33 |" in rows[2]   # 1 + F S, F S, 1 + F N
     assert "x time" in rows[2]                                   # the next-token / parallel ratio
     assert "lumos bench --table --table-rows tiny@2x4x4:2" in text        # the command that regenerates it
     assert "| GFLOP/video | GFLOP/s (% of matmul peak) |" in text and "*Matmul peak*:" in text

@@ -238,8 +238,8 @@ def test_evaluate_drives_a_real_pipeline_and_times_next_token():
     assert report["settings"]["num_inference_steps"] == 2 and report["settings"]["guidance_scale"] == 2.0
     assert report["settings"]["height"] == 64 and report["settings"]["num_frames"] == 17
     nt = report["next_token"]
-    # 5 latent frames of 8x8 codes: parallel F(S+1) = 15 passes, next-token 1 + F N = 321
-    assert nt["forwards"] == {"parallel": 15, "next-token": 321}
+    # 5 latent frames of 8x8 codes: parallel 1 + F S = 11 passes, next-token 1 + F N = 321
+    assert nt["forwards"] == {"parallel": 11, "next-token": 321}
     assert nt["ratio"] > 1 and len(nt["videos"]) == 1
     # the grey tokenizer loses the colour: the ceiling row says so
     assert report["ceiling"]["videos"] == 2 and report["ceiling"]["colour_correct"] == 0

@@ -55,7 +55,7 @@ def test_cached_equals_uncached_text_to_video(ratio):
     prompts = [prompt(7, 1), prompt(3, 2)]
     cached, full = cached_and_uncached(prompts, history_mask_ratio=ratio)
     assert torch.equal(cached.codes, full.codes)          # same logits (replayed), same sampler: exact
-    assert cached.forwards == 3 * (4 + 1) and full.forwards == 3 * 4
+    assert cached.forwards == 1 + 3 * 4 and full.forwards == 3 * 4     # prefill + steps (writes ride along)
 
 
 def test_history_masking_changes_the_video_and_cached_equals_uncached_for_image_to_video():

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from lumos.config import ModelConfig
-from lumos.model import LumosModel, apply_rope
-from lumos.positions import Positions, add, rope_cos_sin, shift
+from lumos.model import LumosModel, apply_rope, rope_tables
+from lumos.positions import Positions, add, shift
 from lumos.sampling import SampleConfig, _frame_shift, generate, plan_generation
 from lumos.utils import LumosError
 from test_pipeline_cli import gen, tiny_pipe
@@ -82,8 +82,7 @@ def test_moved_keys_equal_keys_computed_at_the_new_positions():
     with torch.no_grad():
         x = layer.input_layernorm(m.model.embed_tokens(seq[:, src]))
         k = att.k_norm(att.k_proj(x).view(1, len(src), -1, att.head_dim)).transpose(1, 2)
-        cos, sin = rope_cos_sin(Positions(pos.text[:, dst], pos.thw[:, dst], pos.visual[:, src]), cfg.head_dim,
-                                cfg.rope_theta, cfg.rope_type)
+        cos, sin = rope_tables(Positions(pos.text[:, dst], pos.thw[:, dst], pos.visual[:, src]), cfg)
         fresh = apply_rope(k, cos, sin)
     moved = att.kv_cache.k[:, :, dst]
     diff, size = (moved - fresh).abs().max().item(), fresh.abs().max().item()

@@ -13,7 +13,7 @@ import torch
 
 from lumos.positions import rope_for
 from lumos.sampling import (
-    SampleConfig, check_generation, check_seed, cosine_schedule, generate, gumbel_noise, history_mask_indices,
+    SampleConfig, check_generation, check_seed, cosine_schedule, expected_forwards, generate, gumbel_noise, history_mask_indices,
     iter_next_token, iter_parallel, logits_to_probs, mask_by_random_topk, mask_schedule, plan_generation,
     remask_temperatures, sample,
 )
@@ -35,7 +35,7 @@ class MockModel(torch.nn.Module):
         super().__init__()
         self.config = SimpleNamespace(vocab=VOCAB)
         self.table, self.uncond_table = table, uncond_table
-        self.calls, self.video_col, self.cache = [], None, None
+        self.calls, self.video_col, self.cache, self.passes = [], None, None, 0
 
     def positions(self, tokens, start=None):
         return rope_for(tokens, VOCAB, "mmrope", start=start)
@@ -46,13 +46,26 @@ class MockModel(torch.nn.Module):
     def clear_cache(self):
         self.cache = None
 
+    def move_cache(self, src, dst, delta):        # a rolling window's slide: nothing cached here to move
+        pass
+
     def forward(self, tokens, pos=None, mask=None, cache_pos=None, kv_len=None, return_hidden=False, at=None):
         assert return_hidden
         B, Lq = tokens.shape
         cols = torch.arange(Lq) if cache_pos is None else cache_pos
         if int(cols[0]) == 0:            # the prefill (or an uncached pass): find VIDEO_START
             self.video_col = int((tokens[0] == VOCAB.video_start).nonzero()[0])
-        self.calls.append(SimpleNamespace(tokens=tokens.clone(), cols=cols.clone(), mask=mask, pos=pos, kv_len=kv_len))
+        self.passes += 1
+        if at is not None and cache_pos is not None and int(cols[0]) > 0 and mask.shape[2] > 1:
+            # a frame's cache write with the next frame's first step: recorded as the two passes it stands for
+            lf = Lq // 2
+            for part in (slice(0, lf), slice(lf, Lq)):
+                self.calls.append(SimpleNamespace(tokens=tokens[:, part].clone(), cols=cols[part].clone(),
+                                                  mask=mask[:, :, part], pos=pos.slice(part.start, part.stop),
+                                                  kv_len=kv_len, fused=True))
+        else:
+            self.calls.append(SimpleNamespace(tokens=tokens.clone(), cols=cols.clone(), mask=mask, pos=pos,
+                                              kv_len=kv_len, fused=False))
         c = (cols - self.video_col).clamp(0, len(self.table) - 1)
         out = self.table[c].expand(B, Lq, K).clone()
         if self.uncond_table is not None and B % 2 == 0 and B > 1:
@@ -257,13 +270,40 @@ def test_classifier_free_guidance_wiring():
     assert not step.mask[1, ..., :vs].any() and step.mask[0, ..., :vs].all()
 
 
+def test_a_cache_write_rides_with_the_next_frames_first_step():
+    """One forward writes finished frame f and runs frame f + 1's first step: the written frame's queries
+    see the cache up to its own end (not the new frame), the new frame's see both; outputs only at the
+    new frame's codes. A rolling window's slide needs the write first: it then runs alone."""
+    h, w, S, F = 2, 3, 3, 4
+    model = MockModel(random_table())
+    plan, out = run(model, [prompt()], frames=F, h=h, w=w, num_inference_steps=S)
+    assert out.forwards == model.passes == 1 + F * S == expected_forwards("parallel", F, S, h * w)
+    fused = [c for c in model.calls if c.fused]
+    assert len(fused) == 2 * (F - 1)
+    for write, step in zip(fused[::2], fused[1::2]):
+        e = int(step.cols[-1]) + 1
+        assert int(write.cols[-1]) + 1 == int(step.cols[0])                 # adjacent slots
+        assert write.mask.shape[-1] == step.mask.shape[-1] == e == write.kv_len
+        assert not write.mask[..., int(write.cols[-1]) + 1:].any()           # no peeking at the new frame
+        assert write.mask[..., plan.video_col:int(write.cols[-1]) + 1].all()
+        assert step.mask[..., plan.video_col:e].all()
+        assert (step.tokens[:, plan.code_idx] == VOCAB.mask).all()          # a first step: all codes masked
+    # a window of 1 frame (2 slots) over 4 frames: frames 2 and 3 slide, so the writes of 1 and 2 run alone
+    model = MockModel(random_table())
+    plan, out = run(model, [prompt()], frames=F, h=h, w=w, num_inference_steps=S, window_frames=1)
+    slots = len(plan.frame_starts)
+    assert slots == 2 and out.forwards == model.passes == 1 + F * S + (F - slots)
+    assert out.forwards == expected_forwards("parallel", F, S, h * w, slots)
+    assert sum(c.fused for c in model.calls) == 2                          # frame 0's write with frame 1
+
+
 def test_history_masking_of_cache_writes():
     h, w, S = 2, 3, 3
     for ratio in (0.7, 0.0):
         model = MockModel(random_table())
         plan, out = run(model, [prompt()], frames=3, h=h, w=w, num_inference_steps=S, history_mask_ratio=ratio)
         pattern = history_mask_indices(h * (w + 1), ratio)
-        assert len(model.calls) == 3 * (S + 1)                            # F (S + 1)
+        assert len(model.calls) == 3 * (S + 1)                            # F (S + 1) as recorded (fused passes split in two)
         for f in range(2):                                                # frames 0, 1 are written; 2 is not
             write = frame_calls(model, plan, f)[S].tokens[0]
             body = write[3:-1]
@@ -381,7 +421,7 @@ def test_streaming_yields_each_frame_as_it_finishes():
     frames = iter_parallel(model, plan, cfg, torch.Generator().manual_seed(0))
     first = next(frames)
     assert first.shape == (1, 2, 2)
-    assert len(model.calls) == 1 + 3 + 1                                   # prefill, 3 steps, cache write; no more
+    assert len(model.calls) == 1 + 3      # prefill, 3 steps; the cache write goes with frame 2's first step
     rest = list(frames)
     assert len(rest) == 2 and model.cache is None                         # the cache is released at the end
     again = generate(MockModel(random_table()), plan, cfg, torch.Generator().manual_seed(0)).codes

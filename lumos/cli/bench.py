@@ -10,7 +10,8 @@
 
 One video is decoded per mode, with classifier-free guidance (every pass runs the cond and uncond rows
 in one batch), from a random text prompt of --text-len tokens:
-- parallel, KV cache:    F (S + 1) passes = 1 prefill + F S steps + (F - 1) history-masked cache writes
+- parallel, KV cache:    1 + F S passes = 1 prefill + F S steps (each frame's history-masked cache write
+                         rides with the next frame's first step; compiled: F (S + 1), every write alone)
 - parallel, no KV cache: F S passes, each over the whole sequence so far (the frame-causal mask)
 - next-token, KV cache:  1 + F N passes = 1 prefill + one per code (N = h w codes per frame)
 Each mode runs once to warm up, then --repeats times; the table shows the median wall time per video.
@@ -79,7 +80,7 @@ TABLE_ROWS = {
 CPU_ROWS = ("moving-digits", "bench-1b-32px")
 
 LABELS = {  # mode -> (label, formula)
-    "parallel": ("parallel, KV cache", "F(S+1)"),
+    "parallel": ("parallel, KV cache", "1+F*S"),
     "parallel-nocache": ("parallel, no KV cache", "F*S"),
     "next-token": ("next-token, KV cache", "1+F*N"),
     "compiled": ("parallel, KV cache, compiled", "F(S+1)"),   # torch.compile'd step; its warm-up run compiles
@@ -197,7 +198,8 @@ def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, m
             if r:
                 times.append(time.perf_counter() - t0)
         # compiled: the same arithmetic as parallel (inductor's kernels are not counted by the flop counter)
-        rows.append(BenchRow(mode, forwards, expected_forwards(sampler_mode, frames, cfg.num_inference_steps, h * w),
+        rows.append(BenchRow(mode, forwards, expected_forwards(mode, frames, cfg.num_inference_steps, h * w,
+                                                               len(plan.frame_starts)),
                              statistics.median(times), flops.get(sampler_mode, 0)))
     return rows
 
@@ -573,7 +575,8 @@ def format_markdown(args, device, threads, names, results, not_run) -> str:
     if bases and not cuda:
         lines += ["", f"*base*: the resident set of a child after importing torch, before building its model: "
                       f"{fmt_mem(min(bases))} to {fmt_mem(max(bases))}."]
-    lines += ["", "Forward passes per video (F frames, S steps, N = h w codes): parallel with KV cache F (S + 1), "
+    lines += ["", "Forward passes per video (F frames, S steps, N = h w codes): parallel with KV cache 1 + F S "
+                  "(compiled F (S + 1)), "
                   "parallel without KV cache F S (each over the whole sequence so far), next-token 1 + F N. "
                   "On a CPU a pass costs about its query tokens, so the wall-time ratio stays below the "
                   "pass-count ratio; on a GPU small passes are latency-bound and the two get closer.", ""]
