@@ -42,8 +42,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x):
-        # Statistics in fp32 (bf16 squares overflow/underflow), weight applied in the input dtype as HF does
-        # (x * rsqrt(mean(x^2) + eps), one kernel instead of five small ops).
+        # Statistics in fp32 (bf16 squares overflow/underflow), weight applied in the input dtype as HF does.
+        # F.rms_norm is x * rsqrt(mean(x^2) + eps), fused where torch has a kernel for the device.
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
