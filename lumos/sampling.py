@@ -633,14 +633,15 @@ def _stop_requested(callback, f: int, s: int, ids: torch.Tensor, plan: "Plan") -
 
 
 def _fused_first_pass(model, plan: Plan, stats: Stats | None, write: tuple, x: torch.Tensor, e0: int,
-                      rows: torch.Tensor) -> torch.Tensor:
+                      rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """The previous frame's cache write and this frame's first step in one forward: the two frames'
     tokens side by side (adjacent slots), frame-causal between them (the finished frame's queries see
     the cache up to its own end, the new frame's see that frame too), outputs at `rows` of the new frame
-    only. The same keys, values and outputs as the two passes (one fixed cost fewer)."""
+    only. The same keys, values and outputs as the two passes (one fixed cost fewer). cols: the layout's
+    column indices (at least e0)."""
     (tokens, *_), h0 = write                             # h0: the finished frame's first column
     B, lf = x.shape
-    cols = torch.arange(e0, device=x.device)
+    cols = cols[:e0]
     ends = torch.full((2 * lf,), e0, device=x.device)
     ends[:lf] = h0 + lf                                   # the finished frame: keys up to its own end
     mask = plan.valid[:, None, None, :e0] & (cols < ends[:, None])                        # (B, 1, 2 lf, e0)
@@ -737,7 +738,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                     hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len)
                     h = take(hidden, rows)                                                      # (B, M, D)
                 elif pending is not None:                          # + the previous frame's cache write
-                    h = _fused_first_pass(model, plan, stats, pending, x, e0, rows)             # (B, M, D)
+                    h = _fused_first_pass(model, plan, stats, pending, x, e0, rows, cols)           # (B, M, D)
                     pending = None
                 elif use_cache:
                     h = _forward(model, stats, x, pos, mask, cache_pos, kv_len, at=rows)        # (B, M, D)

@@ -13,9 +13,9 @@ import torch
 
 from lumos.positions import rope_for
 from lumos.sampling import (
-    SampleConfig, check_generation, check_seed, cosine_schedule, expected_forwards, generate, gumbel_noise, history_mask_indices,
-    iter_next_token, iter_parallel, logits_to_probs, mask_by_random_topk, mask_schedule, plan_generation,
-    remask_temperatures, sample,
+    SampleConfig, check_generation, check_seed, cosine_schedule, expected_forwards, generate, gumbel_noise,
+    history_mask_indices, iter_next_token, iter_parallel, logits_to_probs, mask_by_random_topk, mask_schedule,
+    plan_generation, remask_temperatures, sample,
 )
 from lumos.utils import LumosError
 from lumos.vocab import Vocab
@@ -303,7 +303,7 @@ def test_history_masking_of_cache_writes():
         model = MockModel(random_table())
         plan, out = run(model, [prompt()], frames=3, h=h, w=w, num_inference_steps=S, history_mask_ratio=ratio)
         pattern = history_mask_indices(h * (w + 1), ratio)
-        assert len(model.calls) == 3 * (S + 1)                            # F (S + 1) as recorded (fused passes split in two)
+        assert len(model.calls) == 3 * (S + 1)    # F (S + 1) as recorded (fused passes in two)
         for f in range(2):                                                # frames 0, 1 are written; 2 is not
             write = frame_calls(model, plan, f)[S].tokens[0]
             body = write[3:-1]
