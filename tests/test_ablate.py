@@ -3,10 +3,17 @@ a rerun skips the finished (variant, seed) results and redoes only a missing one
 up front (one line, exit code 2, nothing written)."""
 
 import contextlib
+import fcntl
 import io
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +150,8 @@ def test_history_mask_suite(tmp_path, capsys):
     (["rope", "--budget", "huge"], "unknown budget 'huge'"),
     (["rope", "--out", "{file}"], "is a file"),
     (["steps", "--model", "{tmp}/no-such-model"], "no-such-model"),
+    (["rope", "--jobs", "0"], "--jobs must be >= 1"),
+    (["steps", "--jobs", "2"], "runs one variant at a time"),
 ])
 def test_bad_flags_are_refused_up_front(argv, says, tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
@@ -159,3 +168,79 @@ def test_a_folder_of_another_ablation_is_refused(rope_run, capsys):
     out, _ = rope_run
     assert main(["ablate", "steps", "--budget", "tiny", "--out", str(out)]) == 2
     assert "holds another ablation" in capsys.readouterr().err
+
+
+def test_jobs_train_side_by_side_and_give_what_one_process_gives(tmp_path, capsys):
+    """--jobs 2: the runs go to two worker processes (output in OUT/logs); a run redone in this
+    process afterwards gives the same losses (same seed and data order; float sums in another thread
+    count: rtol 1e-4)."""
+    out = tmp_path / "mask"
+    assert main(["ablate", "train-mask", "--budget", "tiny", "--jobs", "2", "--threads", "1", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "3 runs, 2 at a time" in said
+    assert all(f"{m} seed 0: val loss" in said for m in MASK_VARIANTS)
+    assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(f"{m}-seed0.log" for m in MASK_VARIANTS)
+    assert "train" in (out / "logs" / "random-seed0.log").read_text()       # the worker's progress bar
+    first = json.loads((out / "results" / "random-seed0.json").read_text())
+    (out / "results" / "random-seed0.json").unlink()
+    shutil.rmtree(out / "runs" / "random-seed0")
+    assert main(["ablate", "train-mask", "--budget", "tiny", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.count("skipped") == 2 and "random seed 0: val loss" in said
+    again = json.loads((out / "results" / "random-seed0.json").read_text())
+    np.testing.assert_allclose(again["losses"], first["losses"], rtol=1e-4)
+    np.testing.assert_allclose(again["val_loss"], first["val_loss"], rtol=1e-4)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
+def test_killed_parent_leaves_no_worker_and_the_rerun_finishes(tmp_path):
+    """SIGKILL to `lumos ablate --jobs 2` mid-run: its workers stop on their own (no orphan keeps
+    training into the folder), the folder's lock is free again, and the rerun finishes every run."""
+    out = tmp_path / "mask"
+    argv = [sys.executable, "-m", "lumos.cli", "ablate", "train-mask", "--budget", "tiny", "--jobs", "2",
+            "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not ((out / "logs").is_dir() and any((out / "logs").iterdir())):      # a worker has started a run
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    assert workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, "a worker outlived its parent by 30 s"
+        time.sleep(0.2)
+    assert not (out / "results").is_dir() or len(list((out / "results").iterdir())) < len(MASK_VARIANTS)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert sorted(p.name for p in (out / "results").iterdir()) == sorted(f"{m}-seed0.json" for m in MASK_VARIANTS)
+
+
+def test_a_folder_in_use_is_refused(tmp_path, capsys):
+    """A second `lumos ablate` on a folder another one holds: one line, exit 2, nothing written."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)                      # what a running ablation holds
+        assert main(["ablate", "train-mask", "--budget", "tiny", "--out", str(out)]) == 2
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert "another `lumos ablate` is running on" in err and len(err.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []

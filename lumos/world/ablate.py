@@ -50,14 +50,26 @@ Outputs in OUT:
 
 Resumable: a (variant, seed) whose result file exists is skipped; a run killed mid-training resumes
 from its newest checkpoint (`train(..., resume=True)`), one killed after training is only evaluated.
+One ablation at a time per folder: a second `lumos ablate` on the same OUT is refused while the first runs.
+
+Side by side (`jobs` > 1, trained suites): the unfinished (variant, seed) runs go to `jobs` worker processes
+(spawned, `threads` torch threads each; default: this process's threads split between them), each writing
+its output to OUT/logs/VARIANT-seedS.log; the results do not depend on `jobs` (each run has its own seed,
+data order and folder). A worker whose parent dies stops within a second, so a rerun never races an orphan.
+The sampled suites run one variant at a time: they time their videos.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import statistics
+import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +144,7 @@ def variants(suite: str, budget: Budget) -> list[tuple[str, dict]]:
     raise LumosError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
 
 
-def check_args(suite: str, budget: str, seeds: int, out, model: str = "moving-digits") -> Path:
+def check_args(suite: str, budget: str, seeds: int, out, model: str = "moving-digits", jobs: int = 1) -> Path:
     """The checks that need no work: refused before anything is written. Returns the out folder.
     A folder that holds another ablation (suite, budget, or a sampled suite's model) is refused."""
     if suite not in SUITES:
@@ -141,6 +153,11 @@ def check_args(suite: str, budget: str, seeds: int, out, model: str = "moving-di
         raise LumosError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise LumosError(f"--seeds must be >= 1, got {seeds}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise LumosError(f"--jobs must be >= 1, got {jobs}")
+    if jobs > 1 and suite in SAMPLED:
+        raise LumosError(f"--jobs {jobs}: the {suite} suite times its videos, so it runs one variant at a time; "
+                         "drop --jobs (it is for the trained suites: " + ", ".join(TRAINED) + ")")
     out = check_output(out, "--out", folder=True)
     stamp_path = out / STAMP
     if stamp_path.is_file():
@@ -310,16 +327,93 @@ def train_variant(out: Path, data: Path, val: Path, budget: Budget, settings: di
             "train_s": round(train_s, 2), "scores": scores}
 
 
+# ------------------------------------------------------------------------------------------ side by side
+def _watch_parent(parent: int) -> None:
+    """Stop this worker when the process that started it is gone (killed): no orphan trains on."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _worker_init(threads: int, parent: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _train_job(log_path: Path, *args) -> dict:
+    """`train_variant(*args)` in a worker process, its output (progress bars, warnings) into `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as f:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        return train_variant(*args)
+
+
+def _run_side_by_side(jobs: int, threads: int | None, pending: list, train_args, save) -> None:
+    """Train and score `pending` [(k, name, settings, seed)] in `jobs` worker processes (`train_args`:
+    `train_variant`'s out, data, val, budget); `save(item, result, seconds)` each as it finishes."""
+    import multiprocessing
+
+    import torch
+    out = train_args[0]
+    workers = min(jobs, len(pending))
+    threads = threads or max(1, torch.get_num_threads() // workers)
+    ctx = multiprocessing.get_context("spawn")     # no fork of a process with torch's threads running
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, os.getpid())) as pool:
+        running = {}
+        for item in pending:
+            _, name, settings, seed = item
+            run = out / "runs" / f"{name}-seed{seed}"
+            fut = pool.submit(_train_job, out / "logs" / f"{name}-seed{seed}.log", *train_args, settings, seed, run)
+            running[fut] = (item, time.perf_counter())
+        failed = None
+        try:
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item, t0 = running.pop(fut)
+                    if fut.cancelled():
+                        continue
+                    if fut.exception() is not None:     # the runs under way finish and are saved; no new one starts
+                        failed = failed or fut.exception()
+                        for other in running:
+                            other.cancel()
+                        continue
+                    save(item, fut.result(), time.perf_counter() - t0)
+        finally:
+            for fut in running:                     # Ctrl-C: nothing new starts
+                fut.cancel()
+        if failed is not None:
+            raise failed
+
+
 # ------------------------------------------------------------------------------------------ a suite
 def result_path(out: Path, name: str, seed: int) -> Path:
     return out / "results" / f"{name}-seed{seed}.json"
 
 
+def _lock(out: Path) -> int:
+    """Hold `out` for this process (released when it exits, however); a second ablation on it is refused."""
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LumosError(f"another `lumos ablate` is running on {out}; wait for it to finish or use another --out")
+    return fd
+
+
 def run_suite(suite: str, budget_name: str = "tiny", seeds: int = 1, out="ablate", model: str = "moving-digits",
-              log=print) -> dict:
+              log=print, jobs: int = 1, threads: int | None = None) -> dict:
     """Run (or continue) every (variant, seed) of `suite` not finished in `out`, then write the report
-    and plots. `model`: the trained model of a sampled suite (steps, history-mask). Returns the report dict."""
-    out = check_args(suite, budget_name, seeds, out, model)
+    and plots. `model`: the trained model of a sampled suite (steps, history-mask). `jobs` > 1: a
+    trained suite's runs go to that many worker processes of `threads` torch threads each (module
+    docstring). Returns the report dict."""
+    out = check_args(suite, budget_name, seeds, out, model, jobs)
     budget = BUDGETS[budget_name]
     todo = variants(suite, budget)
     stamp = _stamp(suite, budget_name, model)
@@ -327,20 +421,42 @@ def run_suite(suite: str, budget_name: str = "tiny", seeds: int = 1, out="ablate
         from lumos.pipeline import resolve_model
         model_dir = resolve_model(model)               # a missing model fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / STAMP, stamp)
-    data = val = pipe = None
-    if suite in TRAINED:
-        from lumos.world.builtin import prepare
-        data = prepare(out / "data", num_records=budget.num_records, seed=0, progress=False)
-        val = prepare_val(out, data, budget.val_records)
-    n, k = len(todo) * seeds, 0
-    for seed in range(seeds):
-        for name, settings in todo:
-            k += 1
-            path = result_path(out, name, seed)
-            if path.is_file():
-                log(f"ablate {suite}: [{k}/{n}] {name} seed {seed}: skipped (done: {path})")
-                continue
+    lock = _lock(out)
+    try:
+        atomic_write_json(out / STAMP, stamp)
+        data = val = pipe = None
+        if suite in TRAINED:
+            from lumos.world.builtin import prepare
+            data = prepare(out / "data", num_records=budget.num_records, seed=0, progress=False)
+            val = prepare_val(out, data, budget.val_records)
+        n = len(todo) * seeds
+        items = [(k + 1, name, settings, seed) for k, (seed, (name, settings))
+                 in enumerate((s, v) for s in range(seeds) for v in todo)]
+
+        def save(item, res, seconds):
+            k, name, settings, seed = item
+            res = {"variant": name, "seed": seed, "settings": settings, **res}
+            atomic_write_json(result_path(out, name, seed), res)
+            s = res["scores"]
+            loss = f"val loss {res['val_loss']:.3f}, " if "val_loss" in res else ""
+            change = f", frame change {s['frame_change']}" if suite == "history-mask" else ""
+            log(f"ablate {suite}: [{k}/{n}] {name} seed {seed}: {loss}all correct {s['all_correct']}%{change}, "
+                f"{s['s_per_video']} s/video ({seconds:.1f} s)")
+
+        pending = []
+        for item in items:
+            k, name, settings, seed = item
+            if result_path(out, name, seed).is_file():
+                log(f"ablate {suite}: [{k}/{n}] {name} seed {seed}: skipped (done: {result_path(out, name, seed)})")
+            else:
+                pending.append(item)
+        if suite in TRAINED and jobs > 1 and len(pending) > 1:
+            log(f"ablate {suite}: {len(pending)} runs, {min(jobs, len(pending))} at a time; "
+                f"their output: {out / 'logs'}")
+            _run_side_by_side(jobs, threads, pending, (out, data, val, budget), save)
+            pending = []
+        for item in pending:
+            k, name, settings, seed = item
             t0 = time.perf_counter()
             if suite in TRAINED:
                 res = train_variant(out, data, val, budget, settings, seed, out / "runs" / f"{name}-seed{seed}")
@@ -353,15 +469,11 @@ def run_suite(suite: str, budget_name: str = "tiny", seeds: int = 1, out="ablate
                 # the budget's decoding steps unless the variant sets its own (steps)
                 res = {"scores": _evaluate(pipe, budget, seed, **{"num_inference_steps": budget.num_inference_steps,
                                                                   **settings})}
-            res = {"variant": name, "seed": seed, "settings": settings, **res}
-            atomic_write_json(path, res)
-            s = res["scores"]
-            loss = f"val loss {res['val_loss']:.3f}, " if "val_loss" in res else ""
-            change = f", frame change {s['frame_change']}" if suite == "history-mask" else ""
-            log(f"ablate {suite}: [{k}/{n}] {name} seed {seed}: {loss}all correct {s['all_correct']}%{change}, "
-                f"{s['s_per_video']} s/video ({time.perf_counter() - t0:.1f} s)")
-    report = build_report(out, suite, budget_name, seeds, stamp["model"], todo)
-    write_report(out, report)
+            save(item, res, time.perf_counter() - t0)
+        report = build_report(out, suite, budget_name, seeds, stamp["model"], todo)
+        write_report(out, report)
+    finally:
+        os.close(lock)
     return report
 
 
