@@ -317,7 +317,8 @@ class LumosModel(nn.Module):
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, pos: Positions | None = None, mask=None,
                 cache_pos: torch.Tensor | None = None, kv_len: int | None = None,
-                return_hidden: bool = False, at: torch.Tensor | None = None) -> torch.Tensor:
+                return_hidden: bool = False, at: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """tokens: (B, L) int64.
         pos: positions of these tokens; default: computed from `tokens` as a whole sequence.
         mask: dense bool (B, 1, L, Lk) / BlockMask / None. Default without a cache: the frame-causal
@@ -331,15 +332,19 @@ class LumosModel(nn.Module):
             then computes its queries, attention output and MLP there only (keys and values everywhere,
             as the cache needs them): the sampler wants a step's still-masked codes, and nothing from a
             pass that only writes the cache. A dense mask or none.
+        rope: `rope_tables(pos, config)` when the caller has them already (a sampler's frame has the same
+            positions at every step: built once, and a compiled step gets them as inputs instead of
+            recomputing the cos and sin inside every layer's kernel); pos is then not read.
         Returns fp32 logits (B, L or M, V), or final hidden states (B, L or M, D) (then `head(hidden, rows)`
         gives the logits of a vocabulary slice only, as the sampler does for the visual codes)."""
         B, L = tokens.shape
         c = self.config
         if at is not None and mask is not None and not isinstance(mask, torch.Tensor):
             raise LumosError("at= needs a dense mask or none (a BlockMask is not cut to positions)")
-        if pos is None:
-            pos = self.positions(tokens)
-        cos, sin = rope_tables(pos, c)                                            # (B, L, hd) fp32, once
+        if rope is None:
+            cos, sin = rope_tables(pos if pos is not None else self.positions(tokens), c)    # (B, L, hd) fp32
+        else:
+            cos, sin = rope
         if mask is None:
             if cache_pos is None:
                 mask = self.build_mask(tokens)

@@ -478,9 +478,10 @@ class LumosPipeline:
         return self
 
     def enable_compile(self, enabled: bool = True) -> "LumosPipeline":
-        """Run the decoding steps through `torch.compile` (`lumos.sampling.compiled_step`: compiled once per
-        frame shape, the first call pays the compilation; CUDA graphs on a GPU). The same tokens as eager up
-        to float rounding. Returns self."""
+        """Run the decoding steps through `torch.compile` (`lumos.sampling.compiled_step`; the first call
+        pays the compilation): on a CPU with dynamic shapes, two graphs for every layout; on a GPU one static
+        shape per layout, for CUDA graphs (`lumos.sampling.static_shapes`). The same tokens as eager up to
+        float rounding. Returns self."""
         self._compile = bool(enabled)
         return self
 

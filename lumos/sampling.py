@@ -68,7 +68,8 @@ fewer tokens on exact ties; continuous confidences practically never tie).
 Forward passes per video of F generated frames, S steps, N codes per frame (each pass is batched
 over all rows, cond + uncond): parallel with KV cache 1 + F S (prefill, steps; a frame's cache write
 rides with the next frame's first step), + 1 for each frame that slides a rolling window (the write
-then runs alone, before the slide), or F (S + 1) compiled (one shape: every write alone); parallel
+then runs alone, before the slide), the same compiled on a CPU, or F (S + 1) compiled at one static
+shape on CUDA (`static_shapes`: every write alone); parallel
 without KV cache F S (each recomputes the whole sequence so far, with the same masked history);
 next-token 1 + F N (prefill, one pass per code).
 """
@@ -86,6 +87,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lumos.masks import frame_causal_mask, frame_ids
+from lumos.model import rope_tables
 from lumos.positions import Positions, add, shift
 from lumos.utils import LumosError, check_keys, fits, take
 from lumos.vocab import Vocab
@@ -555,24 +557,27 @@ class Stats:
     forwards: int = 0          # model forward passes (each batched over all rows)
 
 
-def _forward(model, stats: Stats | None, tokens, pos, mask, cache_pos=None, kv_len=None, at=None):
+def _forward(model, stats: Stats | None, tokens, pos, mask, cache_pos=None, kv_len=None, at=None, rope=None):
     """One counted forward. With the cache, `kv_len` (a host int from the layout) bounds attention to
     the live prefix of the cache; `mask` then has kv_len columns. at: (B, M) the positions whose
-    hidden states are wanted (the model's last layer works there only), None = all."""
+    hidden states are wanted (the model's last layer works there only), None = all. rope: the RoPE
+    tables of `pos` when built already (`LumosModel.forward`)."""
     if stats is not None:
         stats.forwards += 1
-    return model(tokens, pos=pos, mask=mask, cache_pos=cache_pos, kv_len=kv_len, return_hidden=True, at=at)  # (B, Lq or M, D)
+    return model(tokens, pos=pos, mask=mask, cache_pos=cache_pos, kv_len=kv_len, return_hidden=True, at=at,
+                 rope=rope)                                                                 # (B, Lq or M, D)
 
 
 def _visual_rows(vocab: Vocab) -> slice:
     return slice(vocab.visual_offset, vocab.visual_offset + vocab.codebook_size)
 
 
-def _prefill(model, plan: Plan, ctx: torch.Tensor, stats: Stats | None) -> None:
-    """Allocate the static cache and write the prompt into it (one batched forward)."""
+def _prefill(model, plan: Plan, ctx: torch.Tensor, stats: Stats | None, spare: int = 0) -> None:
+    """Allocate the static cache (`spare` slots more than the layout) and write the prompt into it (one
+    batched forward)."""
     B, L = ctx.shape
     P = plan.prefill_len
-    model.setup_cache(B, L)
+    model.setup_cache(B, L + spare)
     mask = frame_causal_mask(plan.fid, plan.valid, q_start=0, q_end=P, kv_len=P)     # (B, 1, P, P)
     _forward(model, stats, ctx[:, :P], plan.pos.slice(0, P), mask, torch.arange(P, device=ctx.device), P)
 
@@ -633,31 +638,53 @@ def _stop_requested(callback, f: int, s: int, ids: torch.Tensor, plan: "Plan") -
 
 
 def _fused_first_pass(model, plan: Plan, stats: Stats | None, write: tuple, x: torch.Tensor, e0: int,
-                      rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+                      rows: torch.Tensor, cols: torch.Tensor, rope: tuple) -> torch.Tensor:
     """The previous frame's cache write and this frame's first step in one forward: the two frames'
     tokens side by side (adjacent slots), frame-causal between them (the finished frame's queries see
     the cache up to its own end, the new frame's see that frame too), outputs at `rows` of the new frame
     only. The same keys, values and outputs as the two passes (one fixed cost fewer). cols: the layout's
-    column indices (at least e0)."""
-    (tokens, *_), h0 = write                             # h0: the finished frame's first column
+    column indices (at least e0); write: `iter_parallel`'s pending write; rope: the new frame's tables."""
+    (tokens, *_), h0, write_rope = write                 # h0: the finished frame's first column
     B, lf = x.shape
     cols = cols[:e0]
     ends = torch.full((2 * lf,), e0, device=x.device)
     ends[:lf] = h0 + lf                                   # the finished frame: keys up to its own end
     mask = plan.valid[:, None, None, :e0] & (cols < ends[:, None])                        # (B, 1, 2 lf, e0)
-    return _forward(model, stats, torch.cat([tokens, x], 1), plan.pos.slice(h0, e0), mask, cols[h0:e0], e0,
-                    at=rows + lf)
+    both = tuple(torch.cat([a, b], 1) for a, b in zip(write_rope, rope))   # the two frames' RoPE tables
+    return _forward(model, stats, torch.cat([tokens, x], 1), plan.pos.slice(h0, e0), mask, cols[h0:e0].clone(),
+                    e0, at=rows + lf, rope=both)
+
+
+def static_shapes(device: torch.device) -> bool:
+    """Whether the compiled decoding step runs at one static shape (on CUDA, for CUDA graphs): every step
+    and frame of a layout then attends over the whole static cache under a mask (not its live prefix),
+    computes every position of the frame (not only the still-masked codes) and writes each finished frame
+    to the cache in a pass of its own: one graph, replayed. Elsewhere (the CPU) the compiled step keeps
+    eager's shapes and passes (the live prefix, the masked codes, a write riding with the next frame's
+    first step), which inductor takes as symbols: two graphs (a step, a write + step), none after the
+    first video, and on a CPU less arithmetic beats one shape."""
+    return device.type == "cuda"
 
 
 def compiled_step(model):
     """The model's forward for decoding steps and cache writes, compiled (`torch.compile`, inductor: C++ on
-    the CPU, Triton + CUDA graphs with mode "reduce-overhead" on CUDA), kept on the model: one compilation
-    per frame shape. With it `iter_parallel` attends over the whole static cache under a mask instead of
-    slicing it to the live prefix, so every step and every frame of a video has the same shapes."""
+    the CPU, Triton + CUDA graphs with mode "reduce-overhead" on CUDA), kept on the model. Static shapes
+    where `static_shapes` says so (one graph per frame shape), else dynamic (a graph per kind of pass)."""
     step = getattr(model, "_compiled_step", None)
     if step is None:
+        static = static_shapes(_model_device(model))
         mode = "reduce-overhead" if _model_device(model).type == "cuda" else None
-        step = torch.compile(model.forward, mode=mode, dynamic=False, fullgraph=True)
+        compiled = torch.compile(model.forward, mode=mode, dynamic=not static, fullgraph=True)
+        if static:
+            step = compiled
+        else:
+            from torch.fx.experimental import _config as fx_config
+
+            def step(*args, **kwargs):
+                # Without "duck shapes": two sizes that happen to be equal (a cache prefix as long as the
+                # head dim) are not taken for one symbol, which would specialise the graph to that size.
+                with fx_config.patch(use_duck_shape=False):
+                    return compiled(*args, **kwargs)
         model._compiled_step = step
     return step
 
@@ -676,7 +703,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     use_cache=False recomputes the whole sequence at every step under the dense frame-causal mask,
     with the same history-masked copies of earlier frames in context (the reference's "V1" path; for
     checking the cache and for the speed comparison). compile=True runs the steps and cache writes
-    through `compiled_step` (the same tokens as eager, up to float rounding)."""
+    through `compiled_step` (the same tokens as eager, up to float rounding; `static_shapes` says how)."""
     vocab = plan.vocab
     device = plan.tokens.device
     generator = _generator(generator, device, plan.n_cond)
@@ -689,6 +716,7 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     if compile and not use_cache:
         raise LumosError("compile=True compiles the cached step: it needs use_cache=True")
     forward = compiled_step(model) if compile else model
+    static = compile and static_shapes(device)                  # one shape for every pass (CUDA graphs)
     counts = mask_schedule(N, cfg.num_inference_steps)
     unknown = [N] + counts[:-1]                                  # codes still masked before each step
     temps = remask_temperatures(cfg.remask_temperature, cfg.num_inference_steps, F, cfg.reference_compat)
@@ -697,29 +725,34 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     # The context as the model sees it: history frames as cached (masked copies), current frame as is.
     ctx = plan.tokens.clone()
     if use_cache:
-        _prefill(model, plan, ctx, stats)
-    # A finished frame's cache write (eager): (the arguments of its forward, its first column), run as part
-    # of the next frame's first pass (`_fused_first_pass`) when that frame sits in the next slot, else alone.
+        # compiled with dynamic shapes: one spare cache slot, so the live prefix is never the whole buffer
+        # (a prefix as long as the buffer is contiguous, and inductor would compile that case apart)
+        _prefill(model, plan, ctx, stats, spare=int(compile and not static))
+    # A finished frame's cache write: (the arguments of its forward, its first column), run as part of the
+    # next frame's first pass (`_fused_first_pass`) when that frame sits in the next slot, else alone (eager).
     pending = None
     try:
         for f in tqdm(range(F), desc="frames", unit="frame", disable=not progress, leave=False):
             slot = min(f, slots - 1)                              # past the last slot: the window slides
             s0, e0 = plan.frame_starts[slot], plan.frame_starts[slot] + lf
             if pending is not None and (f >= slots or pending[1] + lf != s0):
-                _forward(model, stats, *pending[0], at=nothing)   # keys and values only, before any slide
+                _forward(model, stats, *pending[0], at=nothing, rope=pending[2])   # keys, values only; then a slide
                 pending = None
             if f >= slots:
                 _slide(model, plan)
             if use_cache:
                 # The frame's queries see every real key up to the frame's end: all history and the frame
                 # itself (= the frame-causal rows of this frame), one row broadcast over the queries.
-                # Compiled: the whole cache under that mask (kv_len None), one shape for every frame.
-                kv_len = None if compile else e0
-                mask = plan.valid[:, None, None, :e0] if not compile else \
+                # Static: the whole cache under that mask (kv_len None), one shape for every frame. A
+                # fresh contiguous mask, so that a compiled step sees the same kind of tensor every frame.
+                kv_len = None if static else e0
+                mask = plan.valid[:, None, None, :e0].clone() if not static else \
                     (plan.valid & (cols < e0))[:, None, None, :]                    # (B, 1, 1, e0 or L)
-                pos, cache_pos = plan.pos.slice(s0, e0), cols[s0:e0]
+                # cache_pos: a copy, not a view of `cols` (a compiled step would specialise on its offset)
+                pos, cache_pos = plan.pos.slice(s0, e0), cols[s0:e0].clone()
                 if not plan.reindex and f > slot:                 # positions keep growing: f - slot frames on
                     pos = add(pos, _frame_shift(plan, f - slot))
+                rope = rope_tables(pos, model.config)            # the frame's RoPE tables, once for its steps
             else:
                 mask = frame_causal_mask(plan.fid[:, :e0], plan.valid[:, :e0])     # (B, 1, e0, e0)
                 pos = plan.pos.slice(0, e0)
@@ -730,18 +763,18 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
                           disable=not progress, leave=False):
                 x = frame.repeat(reps, 1)                                            # (B, Lf)
                 # Predict only the codes still masked: the known ones are kept whatever their logits say,
-                # so the model's last layer works at these positions only (compiled: everywhere, one shape).
+                # so the model's last layer works at these positions only (static: everywhere, one shape).
                 todo = masked_positions(frame[:, plan.code_idx] == vocab.mask, unknown[s])      # (n, M)
                 at = plan.code_idx[todo]                                                        # (n, M) columns
                 rows = at.repeat(reps, 1)                                                       # (B, M)
-                if compile:
-                    hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len)
+                if static:
+                    hidden = _forward(forward, stats, x, pos, mask, cache_pos, kv_len, rope=rope)
                     h = take(hidden, rows)                                                      # (B, M, D)
                 elif pending is not None:                          # + the previous frame's cache write
-                    h = _fused_first_pass(model, plan, stats, pending, x, e0, rows, cols)           # (B, M, D)
+                    h = _fused_first_pass(forward, plan, stats, pending, x, e0, rows, cols, rope)   # (B, M, D)
                     pending = None
                 elif use_cache:
-                    h = _forward(model, stats, x, pos, mask, cache_pos, kv_len, at=rows)        # (B, M, D)
+                    h = _forward(forward, stats, x, pos, mask, cache_pos, kv_len, at=rows, rope=rope)  # (B, M, D)
                 else:
                     ctx[:, s0:e0] = x
                     h = _forward(model, stats, ctx[:, :e0], pos, mask, at=rows + s0)
@@ -761,10 +794,10 @@ def iter_parallel(model, plan: Plan, cfg: SampleConfig, generator=None, *,
             ctx[:, s0:e0] = history.repeat(reps, 1)
             if use_cache and f < F - 1:                           # the last frame is never attended to
                 write = (ctx[:, s0:e0].contiguous(), pos, mask, cache_pos, kv_len)         # a step's strides
-                if compile:                                       # one shape: a pass of its own
-                    _forward(forward, stats, *write)
+                if static:                                        # one shape: a pass of its own
+                    _forward(forward, stats, *write, rope=rope)
                 else:
-                    pending = (write, s0)
+                    pending = (write, s0, rope)
             yield (frame[:, plan.code_idx] - vocab.visual_offset).view(n, plan.h, plan.w)
     finally:
         if use_cache:
@@ -853,10 +886,12 @@ def generate(model, plan: Plan, cfg: SampleConfig, generator=None, *,
     return Generation(codes=torch.cat([plan.given.to(new.device), new], dim=1), forwards=stats.forwards)
 
 
-def expected_forwards(mode: str, frames: int, steps: int, codes_per_frame: int, slots: int | None = None) -> int:
-    """The forward-pass count of each mode (module docstring); "compiled" is parallel through `compiled_step`.
-    slots: the generated-frame slots of the layout (`len(plan.frame_starts)`; None: one per frame, no window)."""
-    if mode == "parallel":
+def expected_forwards(mode: str, frames: int, steps: int, codes_per_frame: int, slots: int | None = None,
+                      static: bool = False) -> int:
+    """The forward-pass count of each mode (module docstring); "compiled" is parallel through `compiled_step`,
+    at one static shape if `static` (`static_shapes` of the device). slots: the generated-frame slots of the
+    layout (`len(plan.frame_starts)`; None: one per frame, no window)."""
+    if mode == "parallel" or (mode == "compiled" and not static):
         return 1 + frames * steps + max(0, frames - (slots or frames))
     if mode == "compiled":
         return 1 + frames * steps + (frames - 1)

@@ -5,7 +5,7 @@ import pytest
 
 import torch
 
-from lumos.cli.bench import count_flops, run_bench
+from lumos.cli.bench import count_flops, formula, run_bench
 from lumos.cli import main
 from lumos.config import ModelConfig
 from lumos.model import LumosModel
@@ -34,10 +34,13 @@ def test_forward_counts_match_the_formulas(guidance):
 
 
 def test_the_compiled_mode_counts_the_same_passes():
+    """On the CPU the compiled step has eager's passes (a write rides with the next first step); at one
+    static shape (CUDA) every write is a pass of its own: F (S + 1) (`tests/test_compile.py` runs both)."""
     from lumos.model import LumosModel
     model = LumosModel.from_config(ModelConfig.from_name("tiny"), seed=0).eval()
     (row,) = run_bench(model, 2, 4, 3, 2, modes=["compiled"], guidance_scale=3.0, repeats=1, text_len=5)
-    assert row.mode == "compiled" and row.forwards == row.expected == 3 * (2 + 1)
+    assert row.mode == "compiled" and row.forwards == row.expected == 1 + 3 * 2
+    assert formula("compiled", torch.device("cpu")) == "1+F*S" and formula("compiled", torch.device("cuda")) == "F(S+1)"
 
 
 def test_flop_count_is_the_models_arithmetic():
@@ -146,3 +149,16 @@ def test_bench_prints_the_built_in_models_own_video_line(capsys, monkeypatch):
     assert main(["bench", "--threads", "1", "--repeats", "1", "--frames", "3", "--steps", "4"]) == 0
     out = capsys.readouterr().out
     assert seen["frames"] == 3 and seen["steps"] == 4 and "of the built-in model" not in out
+
+
+def test_the_table_command_keeps_the_modes():
+    """The regenerating command written into the table names the modes when they are not the default."""
+    import argparse
+
+    from lumos.cli.bench import add_arguments, table_command
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--table", "--modes", "parallel", "compiled", "--table-threads", "1", "2"])
+    assert table_command(args, ["moving-digits"]).startswith(
+        "lumos bench --table --table-rows moving-digits --modes parallel compiled --table-threads 1 2")
+    assert "--modes" not in table_command(p.parse_args(["--table"]), ["moving-digits"])

@@ -126,7 +126,8 @@ class TwoPassCFG(Recorder):
         self.inner.clear_cache()
         self.uncond.clear_cache()
 
-    def forward(self, tokens, pos, mask, cache_pos=None, kv_len=None, return_hidden=True, at=None):
+    def forward(self, tokens, pos, mask, cache_pos=None, kv_len=None, return_hidden=True, at=None, rope=None):
+        # rope (the sampler's tables of pos) is left out: each half builds its own from its positions
         n, p = tokens.shape[0] // 2, self.pad
         cond = self.inner(tokens[:n], pos=Positions(*(t[:n] for t in pos)), mask=mask[:n], cache_pos=cache_pos,
                           kv_len=kv_len, return_hidden=True)

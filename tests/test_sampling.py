@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from lumos.model import rope_tables
 from lumos.positions import rope_for
 from lumos.sampling import (
     SampleConfig, check_generation, check_seed, cosine_schedule, expected_forwards, generate, gumbel_noise,
@@ -33,7 +34,8 @@ class MockModel(torch.nn.Module):
 
     def __init__(self, table, uncond_table=None):
         super().__init__()
-        self.config = SimpleNamespace(vocab=VOCAB)
+        # the rope fields: the sampler builds each frame's RoPE tables (`lumos.model.rope_tables`) once
+        self.config = SimpleNamespace(vocab=VOCAB, head_dim=32, rope_theta=10000.0, rope_type="mmrope")
         self.table, self.uncond_table = table, uncond_table
         self.calls, self.video_col, self.cache, self.passes = [], None, None, 0
 
@@ -49,7 +51,10 @@ class MockModel(torch.nn.Module):
     def move_cache(self, src, dst, delta):        # a rolling window's slide: nothing cached here to move
         pass
 
-    def forward(self, tokens, pos=None, mask=None, cache_pos=None, kv_len=None, return_hidden=False, at=None):
+    def forward(self, tokens, pos=None, mask=None, cache_pos=None, kv_len=None, return_hidden=False, at=None,
+                rope=None):
+        if rope is not None:            # the tables the sampler built are those of the positions it passes
+            assert all(torch.equal(a, b) for a, b in zip(rope, rope_tables(pos, self.config)))
         assert return_hidden
         B, Lq = tokens.shape
         cols = torch.arange(Lq) if cache_pos is None else cache_pos
@@ -458,7 +463,7 @@ def test_non_finite_logits_stop_at_the_end_of_their_frame(mode):
 
 def test_layout_checked_against_the_model_before_any_work():
     model = MockModel(random_table())
-    model.config = SimpleNamespace(vocab=VOCAB, max_seq_len=40)
+    model.config = SimpleNamespace(**vars(model.config), max_seq_len=40)
     cfg = SampleConfig(num_inference_steps=2)
     p = prompt()                                                         # BOS, 5 text, SEP, 3 header = 10
     lf = VOCAB.frame_length(2, 3)                                        # 12

@@ -11,7 +11,8 @@
 One video is decoded per mode, with classifier-free guidance (every pass runs the cond and uncond rows
 in one batch), from a random text prompt of --text-len tokens:
 - parallel, KV cache:    1 + F S passes = 1 prefill + F S steps (each frame's history-masked cache write
-                         rides with the next frame's first step; compiled: F (S + 1), every write alone)
+                         rides with the next frame's first step); the same compiled (--modes compiled: the
+                         first run compiles), except on CUDA: F (S + 1), one static shape, every write alone
 - parallel, no KV cache: F S passes, each over the whole sequence so far (the frame-causal mask)
 - next-token, KV cache:  1 + F N passes = 1 prefill + one per code (N = h w codes per frame)
 Each mode runs once to warm up, then --repeats times; the table shows the median wall time per video.
@@ -55,7 +56,8 @@ import torch
 
 from lumos.cli.flags import SettingFlags, add_threads, apply_threads
 from lumos.cli.generate import DTYPES
-from lumos.sampling import SampleConfig, check_generation, check_seed, expected_forwards, generate, plan_generation
+from lumos.sampling import (SampleConfig, check_generation, check_seed, expected_forwards, generate, plan_generation,
+                            static_shapes)
 from lumos.tokenizers.base import num_latent_frames
 from lumos.utils import LumosError, atomic_write
 
@@ -83,7 +85,7 @@ LABELS = {  # mode -> (label, formula)
     "parallel": ("parallel, KV cache", "1+F*S"),
     "parallel-nocache": ("parallel, no KV cache", "F*S"),
     "next-token": ("next-token, KV cache", "1+F*N"),
-    "compiled": ("parallel, KV cache, compiled", "F(S+1)"),   # torch.compile'd step; its warm-up run compiles
+    "compiled": ("parallel, KV cache, compiled", "1+F*S"),    # torch.compile'd step; its warm-up run compiles
 }
 DEFAULT_MODES = ("parallel", "parallel-nocache", "next-token")
 
@@ -199,9 +201,14 @@ def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, m
                 times.append(time.perf_counter() - t0)
         # compiled: the same arithmetic as parallel (inductor's kernels are not counted by the flop counter)
         rows.append(BenchRow(mode, forwards, expected_forwards(mode, frames, cfg.num_inference_steps, h * w,
-                                                               len(plan.frame_starts)),
+                                                               len(plan.frame_starts), static_shapes(device)),
                              statistics.median(times), flops.get(sampler_mode, 0)))
     return rows
+
+
+def formula(mode: str, device: torch.device) -> str:
+    """The pass-count formula of a mode; compiled at one static shape (CUDA) writes every frame alone."""
+    return "F(S+1)" if mode == "compiled" and static_shapes(device) else LABELS[mode][1]
 
 
 def format_table(rows: list[BenchRow], peak: float | None = None, device=torch.device("cpu")) -> str:
@@ -209,9 +216,9 @@ def format_table(rows: list[BenchRow], peak: float | None = None, device=torch.d
     at it (the floor of this much arithmetic on this machine)."""
     lines = [f"{'mode':<30}{'forwards':>9}  {'formula':<8}{'s/video':>10}{'ms/forward':>12}{'GFLOP':>9}{'GFLOP/s':>9}"]
     for r in rows:
-        label, formula = LABELS[r.mode]
+        label, passes = LABELS[r.mode][0], formula(r.mode, device)
         rate = f"{r.flops / r.seconds / 1e9:>9.1f}" if r.flops else f"{'-':>9}"
-        lines.append(f"{label:<30}{r.forwards:>9}  {formula:<8}{r.seconds:>10.3f}{1e3 * r.seconds / r.forwards:>12.2f}"
+        lines.append(f"{label:<30}{r.forwards:>9}  {passes:<8}{r.seconds:>10.3f}{1e3 * r.seconds / r.forwards:>12.2f}"
                      f"{r.flops / 1e9:>9.2f}{rate}")
     if peak:
         n = peak_size(device)
@@ -302,12 +309,12 @@ def run(args) -> int:
     print(format_table(rows, matmul_peak(device, dtype), device))
     default_shape = ("num_frames" in defaults and frames == num_latent_frames(defaults["num_frames"], TEMPORAL)
                      and height == defaults.get("height") and width == defaults.get("width"))
-    by = {r.mode: r for r in rows}
-    if default_shape and "parallel" in by:
+    fastest = min((r for r in rows if r.mode in ("parallel", "compiled")), key=lambda r: r.seconds, default=None)
+    if default_shape and fastest is not None:
         from lumos.hub import BUILTIN_MODELS
         whose = "the built-in model" if str(args.model) in BUILTIN_MODELS else "the model's default video"
         print(f"{defaults['num_frames']} frames ({frames} latent frames) of {whose}: "
-              f"{by['parallel'].seconds:.3f} s/video (parallel, KV cache)")
+              f"{fastest.seconds:.3f} s/video ({LABELS[fastest.mode][0]})")
     return 0
 
 
@@ -391,6 +398,8 @@ def table_command(args, rows: list[str]) -> str:
     if args.dtype != "float32":
         parts += ["--dtype", args.dtype]
     parts += ["--table-rows", *rows]
+    if list(args.modes) != list(DEFAULT_MODES):
+        parts += ["--modes", *args.modes]
     if args.table_threads:
         parts += ["--table-threads", *map(str, args.table_threads)]
     elif args.threads:
@@ -576,7 +585,7 @@ def format_markdown(args, device, threads, names, results, not_run) -> str:
         lines += ["", f"*base*: the resident set of a child after importing torch, before building its model: "
                       f"{fmt_mem(min(bases))} to {fmt_mem(max(bases))}."]
     lines += ["", "Forward passes per video (F frames, S steps, N = h w codes): parallel with KV cache 1 + F S "
-                  "(compiled F (S + 1)), "
+                  "(the same compiled, except at one static shape on CUDA: F (S + 1)), "
                   "parallel without KV cache F S (each over the whole sequence so far), next-token 1 + F N. "
                   "On a CPU a pass costs about its query tokens, so the wall-time ratio stays below the "
                   "pass-count ratio; on a GPU small passes are latency-bound and the two get closer.", ""]
