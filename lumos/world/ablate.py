@@ -55,8 +55,9 @@ One ablation at a time per folder: a second `lumos ablate` on the same OUT is re
 Side by side (`jobs` > 1, trained suites): the unfinished (variant, seed) runs go to `jobs` worker processes
 (spawned, `threads` torch threads each; default: this process's threads split between them), each writing
 its output to OUT/logs/VARIANT-seedS.log; the results do not depend on `jobs` (each run has its own seed,
-data order and folder). A worker whose parent dies stops within a second, so a rerun never races an orphan.
-The sampled suites run one variant at a time: they time their videos.
+data order and folder; only their seconds per video are then timed on a shared CPU). A worker whose parent
+dies stops within a second, so a rerun never races an orphan. The sampled suites run one variant at a
+time: they time their videos.
 """
 
 from __future__ import annotations
