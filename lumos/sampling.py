@@ -661,8 +661,9 @@ def static_shapes(device: torch.device) -> bool:
     computes every position of the frame (not only the still-masked codes) and writes each finished frame
     to the cache in a pass of its own: one graph, replayed. Elsewhere (the CPU) the compiled step keeps
     eager's shapes and passes (the live prefix, the masked codes, a write riding with the next frame's
-    first step), which inductor takes as symbols: two graphs (a step, a write + step), none after the
-    first video, and on a CPU less arithmetic beats one shape."""
+    first step), which inductor takes as symbols: two graphs (a step, a write + step; one more where a
+    size is 0 or 1, which torch always specialises: a single masked code left, a single row), none after
+    the first video, and on a CPU less arithmetic beats one shape."""
     return device.type == "cuda"
 
 

@@ -15,7 +15,9 @@ import json
 import numbers
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import typing
 from pathlib import Path
 
@@ -191,3 +193,37 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------- worker pools
+def exit_with_parent() -> None:
+    """In a `multiprocessing` worker: never outlive the main process. A thread waits on the parent's
+    sentinel (which closes when the parent dies, SIGKILL included) and ends the worker at once, quietly."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM ends the main process as ^C does (KeyboardInterrupt), through a pool's exit, which
+    terminates the workers; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -199,7 +199,8 @@ def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, m
                 torch.cuda.synchronize()
             if r:
                 times.append(time.perf_counter() - t0)
-        # compiled: the same arithmetic as parallel (inductor's kernels are not counted by the flop counter)
+        # compiled: parallel's count (inductor's kernels are not counted by the flop counter); the same
+        # arithmetic on a CPU, a little less than the static shapes on CUDA do (`static_shapes`)
         rows.append(BenchRow(mode, forwards, expected_forwards(mode, frames, cfg.num_inference_steps, h * w,
                                                                len(plan.frame_starts), static_shapes(device)),
                              statistics.median(times), flops.get(sampler_mode, 0)))

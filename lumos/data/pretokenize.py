@@ -34,7 +34,6 @@ too-short files are skipped, recorded in their shard's meta, and listed in `repo
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -42,10 +41,8 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import threading
 from collections import Counter
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +51,7 @@ from tqdm import tqdm
 
 from lumos import media
 from lumos.data.records import build_index, list_shards, read_shard_meta, shard_name, write_shard
-from lumos.utils import LumosError, atomic_write_json, check_output, file_sha256
+from lumos.utils import LumosError, atomic_write_json, check_output, exit_with_parent, file_sha256, sigterm_interrupts
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
 
 
@@ -267,7 +264,7 @@ _WORKER: _Context | Exception | None = None
 def _init_worker(cfg: TokenizeConfig, plan: dict, threads: int) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the pool
-    _exit_with_parent()
+    exit_with_parent()
     torch.set_num_threads(threads)
     try:
         _WORKER = _Context(cfg, plan)
@@ -275,41 +272,11 @@ def _init_worker(cfg: TokenizeConfig, plan: dict, threads: int) -> None:
         _WORKER = e
 
 
-def _exit_with_parent() -> None:
-    """A worker never outlives the main process: a thread waits on the parent's sentinel (which
-    closes when the parent dies, SIGKILL included) and ends the worker at once, quietly."""
-    parent = mp.parent_process()
-
-    def watch():
-        wait([parent.sentinel])
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _work(task: tuple[int, list]) -> dict:
     if isinstance(_WORKER, Exception):
         raise _WORKER
     k, rows = task
     return _WORKER.shard(k, rows, staged=True)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM ends the main process as ^C does (KeyboardInterrupt), through the pool's exit, which
-    terminates the workers; the previous handler is restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -427,9 +394,9 @@ def pretokenize(cfg: TokenizeConfig | None = None, /, *, video_tokenizer=None, *
             # spawn, not fork: forking a process that has started torch threads (or CUDA) can hang.
             workers = min(cfg.workers, len(tasks))
             threads = max(1, (os.cpu_count() or 1) // workers)
-            # Workers end with this process (`_exit_with_parent`) and only stage their shards: this
+            # Workers end with this process (`lumos.utils.exit_with_parent`) and only stage their shards: this
             # process renames each into place, so no shard appears after it is gone.
-            with _sigterm_interrupts(), mp.get_context("spawn").Pool(workers, _init_worker,
+            with sigterm_interrupts(), mp.get_context("spawn").Pool(workers, _init_worker,
                                                                      (cfg, plan, threads)) as pool:
                 for res in pool.imap_unordered(_work, tasks):
                     os.replace(out / res["folder"], out / shard_name(res["shard"]))

@@ -55,8 +55,9 @@ One ablation at a time per folder: a second `lumos ablate` on the same OUT is re
 Side by side (`jobs` > 1, trained suites): the unfinished (variant, seed) runs go to `jobs` worker processes
 (spawned, `threads` torch threads each; default: this process's threads split between them), each writing
 its output to OUT/logs/VARIANT-seedS.log; the results do not depend on `jobs` (each run has its own seed,
-data order and folder; only their seconds per video are then timed on a shared CPU). A worker whose parent
-dies stops within a second, so a rerun never races an orphan. The sampled suites run one variant at a
+data order and folder; the losses agree to float rounding, and the seconds per video are timed on a
+shared CPU). ^C, SIGTERM or a failed run end every worker (a rerun resumes their runs from their
+checkpoints), and a worker never outlives a killed parent. The sampled suites run one variant at a
 time: they time their videos.
 """
 
@@ -66,17 +67,17 @@ import dataclasses
 import fcntl
 import json
 import os
+import signal
 import statistics
 import sys
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lumos.utils import LumosError, atomic_write, atomic_write_json, check_output
+from lumos.utils import LumosError, atomic_write, atomic_write_json, check_output, exit_with_parent, sigterm_interrupts
 from lumos.world.evaluate import RATES, pct
 
 # The rope suite's variants: ModelConfig overrides. "mmrope-noscale": MM-RoPE's frequency layout with the
@@ -329,67 +330,52 @@ def train_variant(out: Path, data: Path, val: Path, budget: Budget, settings: di
 
 
 # ------------------------------------------------------------------------------------------ side by side
-def _watch_parent(parent: int) -> None:
-    """Stop this worker when the process that started it is gone (killed): no orphan trains on."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def _worker_init(threads: int, parent: int) -> None:
+def _worker_init(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the pool
+    exit_with_parent()
     import torch
     torch.set_num_threads(threads)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def _train_job(log_path: Path, *args) -> dict:
-    """`train_variant(*args)` in a worker process, its output (progress bars, warnings) into `log_path`."""
+def _train_job(job: tuple) -> tuple:
+    """One (variant, seed) in a worker process: `train_variant`, its output (progress bars, warnings,
+    a traceback) into the run's log. Returns (item, result, seconds)."""
+    item, log_path, args = job
+    _, name, _, seed = item
+    t0 = time.perf_counter()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as f:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
-        return train_variant(*args)
+        try:
+            res = train_variant(*args)
+        except LumosError as e:
+            raise LumosError(f"{name} seed {seed}: {e}") from None
+        except BaseException:
+            traceback.print_exc()
+            raise
+    return item, res, time.perf_counter() - t0
 
 
 def _run_side_by_side(jobs: int, threads: int | None, pending: list, train_args, save) -> None:
     """Train and score `pending` [(k, name, settings, seed)] in `jobs` worker processes (`train_args`:
-    `train_variant`'s out, data, val, budget); `save(item, result, seconds)` each as it finishes."""
+    `train_variant`'s out, data, val, budget); `save(item, result, seconds)` each as it finishes. ^C,
+    SIGTERM or a failed run end the pool (its workers are terminated; a rerun resumes their runs
+    from their checkpoints); a killed parent takes its workers with it (`exit_with_parent`)."""
     import multiprocessing
 
     import torch
     out = train_args[0]
     workers = min(jobs, len(pending))
     threads = threads or max(1, torch.get_num_threads() // workers)
-    ctx = multiprocessing.get_context("spawn")     # no fork of a process with torch's threads running
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads, os.getpid())) as pool:
-        running = {}
-        for item in pending:
-            _, name, settings, seed = item
-            run = out / "runs" / f"{name}-seed{seed}"
-            fut = pool.submit(_train_job, out / "logs" / f"{name}-seed{seed}.log", *train_args, settings, seed, run)
-            running[fut] = (item, time.perf_counter())
-        failed = None
-        try:
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    item, t0 = running.pop(fut)
-                    if fut.cancelled():
-                        continue
-                    if fut.exception() is not None:     # the runs under way finish and are saved; no new one starts
-                        failed = failed or fut.exception()
-                        for other in running:
-                            other.cancel()
-                        continue
-                    save(item, fut.result(), time.perf_counter() - t0)
-        finally:
-            for fut in running:                     # Ctrl-C: nothing new starts
-                fut.cancel()
-        if failed is not None:
-            raise failed
+    tasks = [(item, out / "logs" / f"{item[1]}-seed{item[3]}.log",
+              (*train_args, item[2], item[3], out / "runs" / f"{item[1]}-seed{item[3]}")) for item in pending]
+    # spawn: no fork of a process with torch's threads running
+    with sigterm_interrupts(), multiprocessing.get_context("spawn").Pool(workers, _worker_init, (threads,)) as pool:
+        for item, res, seconds in pool.imap_unordered(_train_job, tasks):
+            save(item, res, seconds)
 
 
 # ------------------------------------------------------------------------------------------ a suite
@@ -405,6 +391,8 @@ def _lock(out: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise LumosError(f"another `lumos ablate` is running on {out}; wait for it to finish or use another --out")
+    except OSError:                 # a file system without flock on folders (NFS): run unguarded
+        pass
     return fd
 
 
