@@ -40,6 +40,8 @@ def test_the_compiled_mode_counts_the_same_passes():
     model = LumosModel.from_config(ModelConfig.from_name("tiny"), seed=0).eval()
     (row,) = run_bench(model, 2, 4, 3, 2, modes=["compiled"], guidance_scale=3.0, repeats=1, text_len=5)
     assert row.mode == "compiled" and row.forwards == row.expected == 1 + 3 * 2
+    (eager,) = run_bench(model, 2, 4, 3, 2, modes=["parallel"], guidance_scale=3.0, repeats=1, text_len=5)
+    assert row.flops == eager.flops > 0               # counted on an eager video when run alone (a table row)
     assert formula("compiled", torch.device("cpu")) == "1+F*S" and formula("compiled", torch.device("cuda")) == "F(S+1)"
 
 

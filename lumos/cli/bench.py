@@ -184,6 +184,9 @@ def run_bench(model, h: int, w: int, frames: int, num_inference_steps: int, *, m
     for mode in modes:
         times, forwards = [], 0
         sampler_mode = "parallel" if mode == "compiled" else mode      # compiled: the parallel step, compiled
+        if mode == "compiled" and "parallel" not in flops:             # its arithmetic: one eager video's
+            flops["parallel"] = count_flops(lambda: generate(model, plan, cfg, torch.Generator(device=device)
+                                                             .manual_seed(seed), mode="parallel").forwards)
         for r in range(repeats + 1):                           # run 0 warms up (allocator, kernels)
             def run():
                 generator = torch.Generator(device=device).manual_seed(seed)
