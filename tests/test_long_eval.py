@@ -162,20 +162,23 @@ def test_evaluate_long_ground_truth_pipe_and_report(tmp_path):
 
 def test_evaluate_long_builtin_model_end_to_end(tmp_path):
     """The built-in model at 33 frames (trained on 17), 2 prompts, 2 steps, one ceiling clip: the report
-    has a per-segment row per set and segment. The window keywords are not passed (none given), so this
-    runs with or without a rolling KV cache in the sampler."""
+    has a per-segment row per set and segment, and its settings (the line atop the report) name the window
+    given, not the model's default one."""
     pipe = P.LumosPipeline.from_pretrained("moving-digits")
     items = E.build_items(sets=("heldout",))[:2]
     report = E.evaluate_long(pipe, items, [33], seed=0, batch_size=2, num_inference_steps=2, ceiling_clips=1,
-                             progress=False)
+                             window_frames=3, sink_frames=1, progress=False)
     L = report["long"]["lengths"]["33"]
     assert report["settings"]["num_frames"] == 33 and report["settings"]["num_inference_steps"] == 2
+    assert report["settings"]["window_frames"] == 3 and report["settings"]["sink_frames"] == 1
+    assert report["long"]["window_frames"] == 3 and report["long"]["sink_frames"] == 1
     assert [p["frames"] for p in L["per_segment"]["heldout"]] == [[0, 17], [17, 33]]
     assert all(p["videos"] == 2 for p in L["per_segment"]["heldout"])
     assert L["ceiling"]["videos"] == 1 and len(L["ceiling"]["per_segment"]) == 2
     assert all(len(r["segments"]) == 2 and len(r["per_frame_digit"]) == 33 for r in report["videos"])
     _, md_path = E.write_report({"model": "moving-digits", **report}, tmp_path)
     md = md_path.read_text()
+    assert "window_frames=3, sink_frames=1" in md and "Long videos: window 3 latent frames, 1 sink frames" in md
     for row in ("| heldout | 0 | 0-16 |", "| heldout | 1 | 17-32 |", "| tokenizer ceiling | 1 | 17-32 |"):
         assert row in md, md
 

@@ -351,9 +351,9 @@ def evaluate_long(pipe, items: list[Item], lengths, seed: int = 0, *, batch_size
     # every batch of every length checked before any is generated
     calls = {n: check_run(pipe, items, batch_size, num_frames=n, window_frames=window_frames,
                           sink_frames=sink_frames, **settings) for n in lengths}
-    window = {k: v for k, v in calls[lengths[-1]].items() if k in LONG_KEYS}
-    base = {k: v for k, v in calls[lengths[-1]].items() if k not in LONG_KEYS}
-    filled = pipe.settings(**base).to_dict() if hasattr(pipe, "settings") else base
+    # the settings line names the window used (the one given, else the model's default)
+    call = calls[lengths[-1]]
+    filled = pipe.settings(**call).to_dict() if hasattr(pipe, "settings") else call
     rows, per_length, all_s = [], {}, []
     bar = tqdm(total=len(items) * len(lengths), desc="eval --long", unit="video", disable=not progress)
     for n in lengths:
@@ -382,8 +382,7 @@ def evaluate_long(pipe, items: list[Item], lengths, seed: int = 0, *, batch_size
         "next_token": None,
         "ceiling": None,
         # the window given, else the pipeline's default one (its pipeline.json)
-        "long": {"window_frames": window.get("window_frames", filled.get("window_frames")),
-                 "sink_frames": window.get("sink_frames", filled.get("sink_frames")),
+        "long": {"window_frames": filled.get("window_frames"), "sink_frames": filled.get("sink_frames"),
                  "segment_frames": SEGMENT, "lengths": per_length},
         "videos": rows,
     }
