@@ -81,7 +81,10 @@ def test_rerun_skips_finished_and_redoes_only_a_missing_result(rope_run, capsys)
         assert after[name] == before[name]
     again = json.loads((out / "results" / "mrope-seed0.json").read_text())
     assert again["losses"] == first["mrope-seed0.json"]["losses"]
-    assert json.loads((out / "results" / "3d-seed0.json").read_text())["losses"] == first["3d-seed0.json"]["losses"]
+    redone = json.loads((out / "results" / "3d-seed0.json").read_text())
+    assert redone["losses"] == first["3d-seed0.json"]["losses"]
+    # its training had finished before the "kill": its seconds are still those of its steps, not 0
+    assert redone["train_s"] == first["3d-seed0.json"]["train_s"] > 0
 
 
 def run_suite(suite, tmp_path, capsys):

@@ -315,11 +315,12 @@ def train_variant(out: Path, data: Path, val: Path, budget: Budget, settings: di
                       max_steps=budget.max_steps, batch_size=budget.batch_size, warmup_steps=budget.warmup_steps,
                       lr=budget.lr, min_lr=budget.lr / 10, grad_clip=1.0, checkpoint_every=max(budget.max_steps // 3, 1),
                       keep_checkpoints=1, tensorboard=False, out_dir=str(run), seed=seed, device="cpu")
-    t0 = time.perf_counter()
     if not _finished(run, budget.max_steps):         # continue a killed run; start over if nothing loads
         train(cfg, resume=(run / "checkpoints").is_dir(), restart=run.exists())
-    train_s = time.perf_counter() - t0
     records = _read_metrics(run)
+    # the steps' own seconds over the whole run, resumes included (the wall time of this call would be
+    # 0 for a run that had finished training before a kill)
+    train_s = sum(r["tokens"] / r["tokens_per_s"] for r in records if r.get("tokens_per_s"))
     losses = [r["loss"] for r in records]
     pipe = LumosPipeline.from_pretrained(run, device="cpu")
     val_loss, val_frame_loss = validation_loss(pipe.model, val)
