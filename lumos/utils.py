@@ -211,6 +211,71 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _one_task(send, fn, task, initializer, initargs) -> None:
+    """The body of a `process_map` process: (True, fn(task)) or (False, the exception) down its pipe."""
+    import pickle
+    if initializer is not None:
+        initializer(*initargs)
+    try:
+        out = (True, fn(task))
+    except BaseException as e:                      # noqa: BLE001 - it is the parent's to raise
+        try:
+            pickle.dumps(e)
+        except Exception:                           # an exception that does not pickle: its text
+            e = RuntimeError(f"{type(e).__name__}: {e}")
+        out = (False, e)
+    send.send(out)
+
+
+def process_map(fn, tasks, workers: int, *, initializer=None, initargs=(), describe=str):
+    """fn(task) for every task in spawned processes, at most `workers` at once and one process per task
+    (long tasks: a process's memory goes back when its task ends); yields (task, result) as each ends.
+
+    Unlike a `multiprocessing.Pool`, no lock is shared between the processes, so a process killed at any
+    moment (a signal to the whole process group, the OOM killer) cannot leave the others or this one
+    waiting forever: a process that ends without its result raises LumosError ("`describe(task)`: its
+    process died ..."), an exception of fn is raised here as it was raised there. Whatever leaves this
+    generator (^C, SIGTERM under `sigterm_interrupts`, an error, the caller stopping) terminates every
+    process still running first. fn, the tasks and `initializer` must pickle (spawn)."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("spawn")       # no fork of a process with torch's threads running
+    queue, running = list(tasks), {}                 # receiving end of a process's pipe -> (process, task)
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                task = queue.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_one_task, args=(send, fn, task, initializer, initargs), daemon=True)
+                proc.start()
+                send.close()                         # so that recv sees EOF when the process dies
+                running[recv] = (proc, task)
+            for conn in wait(list(running)):
+                proc, task = running.pop(conn)
+                try:
+                    ok, value = conn.recv()
+                except EOFError:                      # it ended without sending: killed, or os._exit
+                    proc.join()
+                    code = proc.exitcode
+                    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    raise LumosError(f"{describe(task)}: its process died ({how}) before it finished") from None
+                finally:
+                    conn.close()
+                proc.join()
+                if not ok:
+                    raise value
+                yield task, value
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 @contextlib.contextmanager
 def sigterm_interrupts():
     """SIGTERM ends the main process as ^C does (KeyboardInterrupt), through a pool's exit, which

@@ -211,22 +211,38 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, "group SIGTERM"])
 def test_killed_parent_leaves_no_worker_and_the_rerun_finishes(tmp_path, sig):
-    """SIGKILL (or ^C) to `lumos ablate --jobs 2` mid-run: its workers stop (no orphan keeps training
-    into the folder; ^C ends the pool), the folder's lock is free again, and the rerun finishes every run."""
+    """SIGKILL (or ^C) to `lumos ablate --jobs 2` mid-run, or SIGTERM to its whole process group (what
+    `kill -TERM -PGID` or a batch system's cancel does): its workers stop (no orphan keeps training into
+    the folder; ^C ends the others), the parent exits (it used to hang when a worker died in the group
+    signal), the folder's lock is free again, and the rerun finishes every run."""
     out = tmp_path / "mask"
     argv = [sys.executable, "-m", "lumos.cli", "ablate", "train-mask", "--budget", "tiny", "--jobs", "2",
             "--threads", "1", "--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
-    while not ((out / "logs").is_dir() and any((out / "logs").iterdir())):      # a worker has started a run
+
+    def started():                      # a worker has started a run
+        return (out / "logs").is_dir() and any((out / "logs").iterdir())
+
+    def two_done():                     # one run left: a worker of a pool would now sit idle
+        return (out / "results").is_dir() and len(list((out / "results").iterdir())) >= 2
+
+    while not (two_done() if sig == "group SIGTERM" else started()):
         assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+        time.sleep(0.05)
     workers = _children(proc.pid)
     assert workers
-    proc.send_signal(sig)
-    proc.wait(60)
+    if sig == "group SIGTERM":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(sig)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the parent did not exit within 60 s of the signal") from None
     # 5 s: a worker left to finish its run would take ~10-25 s more (training, evaluation)
     deadline = time.monotonic() + 5
     while any(_alive(w) for w in workers):

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from lumos.train.checkpoints import list_checkpoints, step_folders
@@ -204,3 +205,68 @@ def test_sigkill_of_tokenize_main_process_ends_its_workers(dataset, tmp_path):  
                          progress=False, device="cpu")
     assert report["records"] == 17 and not dot_names(out)         # the staged leftovers are gone
     print(f"killed with {shards} done; test took {time.time() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------------- lumos.utils.process_map
+def _nap_or_fail(task):
+    """A process_map task: sleep `task` seconds and return it doubled; a negative task raises."""
+    if task < 0:
+        raise ValueError(f"bad task {task}")
+    time.sleep(task)
+    return 2 * task
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads child processes from /proc (Linux)")
+def test_process_map_results_errors_and_a_killed_process():
+    """Every task's result comes back (in completion order); an exception of a task is raised as it was;
+    a process killed mid-task (SIGKILL: what the OOM killer sends) is a LumosError naming its task, not a
+    wait forever, and the other task still running is terminated on the way out."""
+    from lumos.utils import LumosError, process_map
+    assert sorted(process_map(_nap_or_fail, [0.2, 0, 0.1], 2)) == [(0, 0), (0.1, 0.2), (0.2, 0.4)]
+    with pytest.raises(ValueError, match="bad task -1"):
+        list(process_map(_nap_or_fail, [0, -1], 1))
+    before = set(_children_of(os.getpid()))          # spawned by earlier tests of this process, if any
+    runs = process_map(_nap_or_fail, [30, 60], 2, describe=lambda t: f"the {t} s nap")
+    started = time.monotonic()
+    with pytest.raises(LumosError, match=r"the 30 s nap: its process died \(signal 9\)"):
+        import threading
+        me = os.getpid()
+
+        def kill_the_first():           # the child that runs task 30, once it is up
+            while time.monotonic() - started < 20:
+                kids = [k for k in _children_of(me) if k not in before]
+                if len(kids) >= 2:
+                    time.sleep(0.5)
+                    os.kill(kids[0], signal.SIGKILL)
+                    return
+                time.sleep(0.05)
+        threading.Thread(target=kill_the_first, daemon=True).start()
+        list(runs)
+    assert time.monotonic() - started < 30          # neither the 30 s nor the 60 s nap was waited for
+    deadline = time.monotonic() + 5
+    while set(_children_of(os.getpid())) - before:   # the 60 s nap's process is gone too
+        assert time.monotonic() < deadline, "process_map left a process running"
+        time.sleep(0.05)
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live child processes of `pid` that run a spawned task (Linux /proc), oldest first."""
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    alive = []
+    for k in sorted(set(kids)):
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{k}/stat") as f:
+                state = f.read().split(") ")[1][0]
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and state not in "ZX":
+            alive.append(k)
+    return alive

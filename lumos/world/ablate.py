@@ -52,12 +52,14 @@ Resumable: a (variant, seed) whose result file exists is skipped; a run killed m
 from its newest checkpoint (`train(..., resume=True)`), one killed after training is only evaluated.
 One ablation at a time per folder: a second `lumos ablate` on the same OUT is refused while the first runs.
 
-Side by side (`jobs` > 1, trained suites): the unfinished (variant, seed) runs go to `jobs` worker processes
-(spawned, `threads` torch threads each; default: this process's threads split between them), each writing
+Side by side (`jobs` > 1, trained suites): the unfinished (variant, seed) runs go to up to `jobs` processes
+at once, one per run (`lumos.utils.process_map`: spawned, `threads` torch threads each; default: this
+process's threads split between them), each writing
 its output to OUT/logs/VARIANT-seedS.log; the results do not depend on `jobs` (each run has its own seed,
 data order and folder; the losses agree to float rounding, and the seconds per video are timed on a
-shared CPU). ^C, SIGTERM or a failed run end every worker (a rerun resumes their runs from their
-checkpoints), and a worker never outlives a killed parent. The sampled suites run one variant at a
+shared CPU). ^C, SIGTERM (to this process or to its whole group), a failed run or a killed worker end
+every worker (a rerun resumes their runs from their checkpoints), and a worker never outlives a killed
+parent. The sampled suites run one variant at a
 time: they time their videos.
 """
 
@@ -77,7 +79,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lumos.utils import LumosError, atomic_write, atomic_write_json, check_output, exit_with_parent, sigterm_interrupts
+from lumos.utils import (LumosError, atomic_write, atomic_write_json, check_output, exit_with_parent, process_map,
+                         sigterm_interrupts)
 from lumos.world.evaluate import RATES, pct
 
 # The rope suite's variants: ModelConfig overrides. "mmrope-noscale": MM-RoPE's frequency layout with the
@@ -332,7 +335,7 @@ def train_variant(out: Path, data: Path, val: Path, budget: Budget, settings: di
 
 # ------------------------------------------------------------------------------------------ side by side
 def _worker_init(threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the others
     exit_with_parent()
     import torch
     torch.set_num_threads(threads)
@@ -361,21 +364,25 @@ def _train_job(job: tuple) -> tuple:
 
 
 def _run_side_by_side(jobs: int, threads: int | None, pending: list, train_args, save) -> None:
-    """Train and score `pending` [(k, name, settings, seed)] in `jobs` worker processes (`train_args`:
-    `train_variant`'s out, data, val, budget); `save(item, result, seconds)` each as it finishes. ^C,
-    SIGTERM or a failed run end the pool (its workers are terminated; a rerun resumes their runs
-    from their checkpoints); a killed parent takes its workers with it (`exit_with_parent`)."""
-    import multiprocessing
-
+    """Train and score `pending` [(k, name, settings, seed)] in up to `jobs` processes at once, one per
+    run (`lumos.utils.process_map`; `train_args`: `train_variant`'s out, data, val, budget); `save(item,
+    result, seconds)` each as it finishes. ^C, SIGTERM (to this process or its whole group), a failed
+    or killed run end the others (a rerun resumes them from their checkpoints); a killed parent takes
+    its workers with it (`exit_with_parent`)."""
     import torch
     out = train_args[0]
     workers = min(jobs, len(pending))
     threads = threads or max(1, torch.get_num_threads() // workers)
     tasks = [(item, out / "logs" / f"{item[1]}-seed{item[3]}.log",
               (*train_args, item[2], item[3], out / "runs" / f"{item[1]}-seed{item[3]}")) for item in pending]
-    # spawn: no fork of a process with torch's threads running
-    with sigterm_interrupts(), multiprocessing.get_context("spawn").Pool(workers, _worker_init, (threads,)) as pool:
-        for item, res, seconds in pool.imap_unordered(_train_job, tasks):
+
+    def describe(task):
+        item, log_path, _ = task
+        return f"{item[1]} seed {item[3]} (its log: {log_path}; a rerun resumes from its last checkpoint)"
+
+    with sigterm_interrupts():
+        for _, (item, res, seconds) in process_map(_train_job, tasks, workers, initializer=_worker_init,
+                                                   initargs=(threads,), describe=describe):
             save(item, res, seconds)
 
 
