@@ -211,65 +211,108 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _one_task(send, fn, task, initializer, initargs) -> None:
-    """The body of a `process_map` process: (True, fn(task)) or (False, the exception) down its pipe."""
+def _serve(conn, fn, initializer, initargs) -> None:
+    """The body of a `process_map` process: receives tasks down its pipe until the parent closes it, and
+    sends (True, fn(task)) or (False, the exception) back for each. An exception of `initializer` is
+    the answer to every task it is given (so the parent raises it with the first)."""
     import pickle
-    if initializer is not None:
-        initializer(*initargs)
-    try:
-        out = (True, fn(task))
-    except BaseException as e:                      # noqa: BLE001 - it is the parent's to raise
+
+    def packed(e):
         try:
             pickle.dumps(e)
+            return e
         except Exception:                           # an exception that does not pickle: its text
-            e = RuntimeError(f"{type(e).__name__}: {e}")
-        out = (False, e)
-    send.send(out)
+            return RuntimeError(f"{type(e).__name__}: {e}")
+
+    failed = None
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as e:                  # noqa: BLE001 - it is the parent's to raise
+            failed = packed(e)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:                            # the parent has no more for this process
+            return
+        if failed is not None:
+            conn.send((False, failed))
+            continue
+        try:
+            out = (True, fn(task))
+        except BaseException as e:                  # noqa: BLE001
+            out = (False, packed(e))
+        conn.send(out)
 
 
-def process_map(fn, tasks, workers: int, *, initializer=None, initargs=(), describe=str):
-    """fn(task) for every task in spawned processes, at most `workers` at once and one process per task
-    (long tasks: a process's memory goes back when its task ends); yields (task, result) as each ends.
+def process_map(fn, tasks, workers: int, *, initializer=None, initargs=(), describe=str, reuse=False):
+    """fn(task) for every task in spawned processes, at most `workers` at once; yields (task, result) as
+    each ends. By default one process per task (long tasks: a process's memory goes back when its task
+    ends); `reuse=True` keeps each process for task after task, so `initializer` (loading a tokenizer,
+    say) runs once per process rather than once per task.
 
-    Unlike a `multiprocessing.Pool`, no lock is shared between the processes, so a process killed at any
-    moment (a signal to the whole process group, the OOM killer) cannot leave the others or this one
-    waiting forever: a process that ends without its result raises LumosError ("`describe(task)`: its
-    process died ..."), an exception of fn is raised here as it was raised there. Whatever leaves this
-    generator (^C, SIGTERM under `sigterm_interrupts`, an error, the caller stopping) terminates every
-    process still running first. fn, the tasks and `initializer` must pickle (spawn)."""
+    Unlike a `multiprocessing.Pool`, no lock is shared between the processes (each has its own pipe), so a
+    process killed at any moment (a signal to the whole process group, the OOM killer) cannot leave the
+    others or this one waiting forever: a process that ends without its result raises LumosError
+    ("`describe(task)`: its process died ..."), an exception of fn (or of `initializer`) is raised here
+    as it was raised there. Whatever leaves this generator (^C, SIGTERM under `sigterm_interrupts`, an
+    error, the caller stopping) terminates every process still running first. fn, the tasks and
+    `initializer` must pickle (spawn)."""
     import multiprocessing
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")       # no fork of a process with torch's threads running
-    queue, running = list(tasks), {}                 # receiving end of a process's pipe -> (process, task)
+    queue, running, idle, procs = list(tasks), {}, [], {}   # running: our end of a pipe -> task
+
+    def finish(conn):                                 # no more tasks for this process: it returns
+        conn.close()
+        procs.pop(conn).join()
+
+    def died(conn, task):                             # it ended without answering: killed, or os._exit
+        proc = procs.pop(conn)
+        conn.close()
+        proc.join()
+        code = proc.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return LumosError(f"{describe(task)}: its process died ({how}) before it finished")
+
     try:
         while queue or running:
             while queue and len(running) < workers:
+                if idle:
+                    conn = idle.pop()
+                else:
+                    conn, theirs = ctx.Pipe()
+                    procs[conn] = ctx.Process(target=_serve, args=(theirs, fn, initializer, initargs),
+                                              daemon=True)
+                    procs[conn].start()
+                    theirs.close()                   # so that ours sees EOF when the process dies
                 task = queue.pop(0)
-                recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_one_task, args=(send, fn, task, initializer, initargs), daemon=True)
-                proc.start()
-                send.close()                         # so that recv sees EOF when the process dies
-                running[recv] = (proc, task)
+                try:
+                    conn.send(task)
+                except OSError:                       # an idle process that was killed
+                    raise died(conn, task) from None
+                running[conn] = task
             for conn in wait(list(running)):
-                proc, task = running.pop(conn)
+                task = running.pop(conn)
                 try:
                     ok, value = conn.recv()
-                except EOFError:                      # it ended without sending: killed, or os._exit
-                    proc.join()
-                    code = proc.exitcode
-                    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                    raise LumosError(f"{describe(task)}: its process died ({how}) before it finished") from None
-                finally:
-                    conn.close()
-                proc.join()
+                except (EOFError, OSError):           # EOF, or a reset: the socket died with the process
+                    raise died(conn, task) from None
+                if reuse and queue:
+                    idle.append(conn)
+                else:
+                    finish(conn)
                 if not ok:
                     raise value
                 yield task, value
+            while idle and not queue:                 # none left to hand out
+                finish(idle.pop())
     finally:
-        for proc, _ in running.values():
+        for conn, proc in procs.items():
             proc.terminate()
-        for proc, _ in running.values():
+            conn.close()
+        for proc in procs.values():
             proc.join(5)
             if proc.is_alive():
                 proc.kill()

@@ -20,6 +20,7 @@ import pytest
 
 from lumos.cli import main
 from lumos.world.ablate import BUDGETS, MASK_VARIANTS, ROPE, ROPE_VARIANTS, VAL_FRAMES, frame_change
+from procs import alive, children
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -195,22 +196,7 @@ def test_jobs_train_side_by_side_and_give_what_one_process_gives(tmp_path, capsy
     np.testing.assert_allclose(again["val_loss"], first["val_loss"], rtol=1e-4)
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):                  # a thread that ended meanwhile
-            found |= {int(c) for c in (task / "children").read_text().split()}
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads child processes from /proc (Linux)")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, "group SIGTERM"])
 def test_killed_parent_leaves_no_worker_and_the_rerun_finishes(tmp_path, sig):
     """SIGKILL (or ^C) to `lumos ablate --jobs 2` mid-run, or SIGTERM to its whole process group (what
@@ -232,7 +218,7 @@ def test_killed_parent_leaves_no_worker_and_the_rerun_finishes(tmp_path, sig):
     while not (two_done() if sig == "group SIGTERM" else started()):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert workers
     if sig == "group SIGTERM":
         os.killpg(proc.pid, signal.SIGTERM)
@@ -245,7 +231,7 @@ def test_killed_parent_leaves_no_worker_and_the_rerun_finishes(tmp_path, sig):
         raise AssertionError("the parent did not exit within 60 s of the signal") from None
     # 5 s: a worker left to finish its run would take ~10-25 s more (training, evaluation)
     deadline = time.monotonic() + 5
-    while any(_alive(w) for w in workers):
+    while any(alive(w) for w in workers):
         assert time.monotonic() < deadline, "a worker outlived its parent by 5 s"
         time.sleep(0.1)
     assert not (out / "results").is_dir() or len(list((out / "results").iterdir())) < len(MASK_VARIANTS)

@@ -1,7 +1,8 @@
 """Crashes at the worst moments: SIGKILL of `python -m lumos.train` in the middle of a checkpoint save
 and in the middle of pruning an old checkpoint, then `--resume` to the end (no leftover folder, no
 partial checkpoint, the losses of an uninterrupted run bit for bit); SIGKILL of the main process of
-`lumos tokenize --workers 2` (its workers die with it and write nothing after it).
+`lumos tokenize --workers 2`, or SIGTERM to its whole process group (its workers die with it and
+write nothing after it); `lumos.utils.process_map`'s results, errors and a killed task.
 
 The moments are found by polling the file system (every millisecond) for the names the code uses
 while it works: a save's temporary `.step-NNNNNN.tmp-*` folder, a pruned checkpoint's
@@ -21,6 +22,7 @@ import torch
 from lumos.train.checkpoints import list_checkpoints, step_folders
 from lumos.train.config import TrainConfig
 from lumos.train.loop import train
+from procs import alive, children
 from test_pretokenize import dataset  # noqa: F401 - the module-scoped fixture of 20 media rows
 from test_train import ROOT, TINY, losses
 
@@ -146,31 +148,13 @@ if __name__ == "__main__":
 """
 
 
-def children(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (from /proc)."""
-    found = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                stat = (p / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(p.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie nobody reaps counts as dead)."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_sigkill_of_tokenize_main_process_ends_its_workers(dataset, tmp_path):  # noqa: F811 - the fixture
-    """(c) The main process is killed while both workers are inside a shard: 2 s later no worker is
-    alive, and no shard appeared after the kill (a shard takes 1.5 s here)."""
+@pytest.mark.parametrize("how", ["SIGKILL", "group SIGTERM"])
+def test_killed_tokenize_main_process_ends_its_workers(dataset, tmp_path, how):  # noqa: F811 - the fixture
+    """(c) The main process is killed (SIGKILL) while both workers are inside a shard, or its whole
+    process group is sent SIGTERM (`kill -TERM -PGID`, a batch system's cancel) while the last shard is
+    made: the main process exits (a multiprocessing.Pool hung here for good: the idle worker, killed by
+    the group signal, kept the pool's queue lock), 2 s later no worker is alive, no shard appeared after the exit (a shard takes 1.5 s here), and a
+    rerun finishes the job."""
     from lumos.data.pretokenize import pretokenize
 
     t0 = time.time()
@@ -180,16 +164,25 @@ def test_sigkill_of_tokenize_main_process_ends_its_workers(dataset, tmp_path):  
     err = tmp_path / "stderr.txt"
     with open(err, "wb") as f:
         main = subprocess.Popen([sys.executable, str(script), str(dataset), str(out)], env=env(),
-                                stdout=subprocess.DEVNULL, stderr=f)
+                                stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
     try:
-        deadline = time.time() + 60
-        while not list(out.glob("shard-*")):
+        # SIGKILL: once the first shard is written (both workers inside one). Group SIGTERM: once 3 of the 4
+        # shards are (one worker sits idle waiting for a task: where a Pool's worker holds its queue's lock).
+        deadline, wanted = time.time() + 60, 1 if how == "SIGKILL" else 3
+        while len(list(out.glob("shard-*"))) < wanted:
             assert main.poll() is None, err.read_text()[-3000:]
-            assert time.time() < deadline, "no shard within 60 s"
+            assert time.time() < deadline, f"not {wanted} shards within 60 s"
             time.sleep(0.01)
         workers = children(main.pid)
-        main.send_signal(signal.SIGKILL)
-        assert main.wait(10) == -signal.SIGKILL
+        if how == "SIGKILL":
+            main.send_signal(signal.SIGKILL)
+            assert main.wait(10) == -signal.SIGKILL
+        else:
+            os.killpg(main.pid, signal.SIGTERM)
+            try:
+                assert main.wait(30) == 130, err.read_text()[-3000:]      # "lumos: interrupted"
+            except subprocess.TimeoutExpired:
+                pytest.fail("the main process did not exit within 30 s of SIGTERM to its group")
         shards = sorted(p.name for p in out.glob("shard-*"))
         time.sleep(2)
         assert len(workers) >= 2 and not [w for w in workers if alive(w)], workers
@@ -198,7 +191,8 @@ def test_sigkill_of_tokenize_main_process_ends_its_workers(dataset, tmp_path):  
         assert "Traceback" not in err.read_text(), err.read_text()
     finally:
         if main.poll() is None:
-            main.kill()
+            os.killpg(main.pid, signal.SIGKILL)
+            main.wait()
     assert len(shards) < 4
     report = pretokenize(input=str(dataset / "list.csv"), out=str(out), tokenizer=str(dataset / "cosmos"),
                          text_tokenizer=str(dataset / "text.json"), fps=4, duration=1, size=64, shard_size=6,
@@ -216,7 +210,33 @@ def _nap_or_fail(task):
     return 2 * task
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads child processes from /proc (Linux)")
+_INITS = 0
+
+
+def _count_init(fail: bool = False) -> None:
+    global _INITS
+    if fail:
+        raise OSError("no tokenizer here")
+    _INITS += 1
+
+
+def _pid_and_inits(task):
+    return os.getpid(), _INITS
+
+
+def test_process_map_reuse_runs_the_initializer_once_per_process():
+    """One process per task by default (each initialized once); `reuse=True`: at most `workers`
+    processes, each initialized once and given task after task; an initializer's error is raised."""
+    from lumos.utils import process_map
+    fresh = [r for _, r in process_map(_pid_and_inits, range(4), 2, initializer=_count_init)]
+    assert len({pid for pid, _ in fresh}) == 4 and {n for _, n in fresh} == {1}
+    reused = [r for _, r in process_map(_pid_and_inits, range(6), 2, initializer=_count_init, reuse=True)]
+    assert len(reused) == 6 and len({pid for pid, _ in reused}) <= 2 and {n for _, n in reused} == {1}
+    with pytest.raises(OSError, match="no tokenizer here"):
+        list(process_map(_pid_and_inits, range(3), 2, initializer=_count_init, initargs=(True,), reuse=True))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc (Linux)")
 def test_process_map_results_errors_and_a_killed_process():
     """Every task's result comes back (in completion order); an exception of a task is raised as it was;
     a process killed mid-task (SIGKILL: what the OOM killer sends) is a LumosError naming its task, not a
@@ -225,7 +245,7 @@ def test_process_map_results_errors_and_a_killed_process():
     assert sorted(process_map(_nap_or_fail, [0.2, 0, 0.1], 2)) == [(0, 0), (0.1, 0.2), (0.2, 0.4)]
     with pytest.raises(ValueError, match="bad task -1"):
         list(process_map(_nap_or_fail, [0, -1], 1))
-    before = set(_children_of(os.getpid()))          # spawned by earlier tests of this process, if any
+    before = set(children(os.getpid()))          # spawned by earlier tests of this process, if any
     runs = process_map(_nap_or_fail, [30, 60], 2, describe=lambda t: f"the {t} s nap")
     started = time.monotonic()
     with pytest.raises(LumosError, match=r"the 30 s nap: its process died \(signal 9\)"):
@@ -234,7 +254,7 @@ def test_process_map_results_errors_and_a_killed_process():
 
         def kill_the_first():           # the child that runs task 30, once it is up
             while time.monotonic() - started < 20:
-                kids = [k for k in _children_of(me) if k not in before]
+                kids = [k for k in children(me) if k not in before]
                 if len(kids) >= 2:
                     time.sleep(0.5)
                     os.kill(kids[0], signal.SIGKILL)
@@ -243,29 +263,6 @@ def test_process_map_results_errors_and_a_killed_process():
         threading.Thread(target=kill_the_first, daemon=True).start()
         list(runs)
     deadline = time.monotonic() + 5
-    while set(_children_of(os.getpid())) - before:   # the 60 s nap's process is gone too
+    while set(children(os.getpid())) - before:   # the 60 s nap's process is gone too
         assert time.monotonic() < deadline, "process_map left a process running"
         time.sleep(0.05)
-
-
-def _children_of(pid: int) -> list[int]:
-    """Live child processes of `pid` that run a spawned task (Linux /proc), oldest first."""
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids += [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-    alive = []
-    for k in sorted(set(kids)):
-        try:
-            with open(f"/proc/{k}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{k}/stat") as f:
-                state = f.read().split(") ")[1][0]
-        except OSError:
-            continue
-        if b"spawn_main" in cmd and state not in "ZX":
-            alive.append(k)
-    return alive

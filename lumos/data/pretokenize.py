@@ -37,7 +37,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -51,7 +50,8 @@ from tqdm import tqdm
 
 from lumos import media
 from lumos.data.records import build_index, list_shards, read_shard_meta, shard_name, write_shard
-from lumos.utils import LumosError, atomic_write_json, check_output, exit_with_parent, file_sha256, sigterm_interrupts
+from lumos.utils import (LumosError, atomic_write_json, check_output, exit_with_parent, file_sha256, process_map,
+                         sigterm_interrupts)
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
 
 
@@ -256,25 +256,19 @@ class _Context:
         return {"shard": k, "records": len(records), "skipped": len(skipped), "folder": name}
 
 
-# Worker processes: one _Context each, built by the pool initializer (or the error that building it
-# raised, re-raised by the first task: a pool restarts a worker whose initializer fails, forever).
-_WORKER: _Context | Exception | None = None
+# Worker processes (`lumos.utils.process_map`, reused task after task): one _Context each, built once.
+_WORKER: _Context | None = None
 
 
 def _init_worker(cfg: TokenizeConfig, plan: dict, threads: int) -> None:
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the others
     exit_with_parent()
     torch.set_num_threads(threads)
-    try:
-        _WORKER = _Context(cfg, plan)
-    except Exception as e:  # noqa: BLE001 - handed to the main process with the first task
-        _WORKER = e
+    _WORKER = _Context(cfg, plan)                  # an error here is raised by the main process
 
 
 def _work(task: tuple[int, list]) -> dict:
-    if isinstance(_WORKER, Exception):
-        raise _WORKER
     k, rows = task
     return _WORKER.shard(k, rows, staged=True)
 
@@ -391,14 +385,15 @@ def pretokenize(cfg: TokenizeConfig | None = None, /, *, video_tokenizer=None, *
             for k, shard_rows in tasks:
                 ctx.shard(k, shard_rows, bar)
         else:
-            # spawn, not fork: forking a process that has started torch threads (or CUDA) can hang.
             workers = min(cfg.workers, len(tasks))
             threads = max(1, (os.cpu_count() or 1) // workers)
-            # Workers end with this process (`lumos.utils.exit_with_parent`) and only stage their shards: this
-            # process renames each into place, so no shard appears after it is gone.
-            with sigterm_interrupts(), mp.get_context("spawn").Pool(workers, _init_worker,
-                                                                     (cfg, plan, threads)) as pool:
-                for res in pool.imap_unordered(_work, tasks):
+            # Spawned workers, each with its own pipe (`lumos.utils.process_map`: a multiprocessing.Pool hangs
+            # when SIGTERM reaches the whole process group). They end with this process and only stage their
+            # shards: this process renames each into place, so no shard appears after it is gone.
+            with sigterm_interrupts():
+                for _, res in process_map(_work, tasks, workers, initializer=_init_worker,
+                                          initargs=(cfg, plan, threads), reuse=True,
+                                          describe=lambda t: f"shard {t[0]}"):
                     os.replace(out / res["folder"], out / shard_name(res["shard"]))
                     bar.update(res["records"] + res["skipped"])
     return reindex(out)
