@@ -26,7 +26,7 @@ depends on which rows failed or which machine ran it. Each shard is written whol
 a rerun skips finished shards (after checking they were made with the same settings and input) and
 redoes the others, so nothing is lost or duplicated. Worker processes (`--workers`) end with the
 main process (killed or not) and only stage their shards, which the main process renames into
-place: no shard is written once it is gone; SIGTERM and ^C end the pool. Missing, undecodable and
+place: no shard is written once it is gone; SIGTERM and ^C end the workers. Missing, undecodable and
 too-short files are skipped, recorded in their shard's meta, and listed in `report.json`.
 `index.json` is rebuilt from the finished shards at the end of every run (`--index-only` /
 `reindex` does just that).
