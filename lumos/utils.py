@@ -264,34 +264,42 @@ def process_map(fn, tasks, workers: int, *, initializer=None, initargs=(), descr
     ctx = multiprocessing.get_context("spawn")       # no fork of a process with torch's threads running
     queue, running, idle, procs = list(tasks), {}, [], {}   # running: our end of a pipe -> task
 
+    def start():
+        conn, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(theirs, fn, initializer, initargs), daemon=True)
+        try:
+            proc.start()
+        finally:
+            theirs.close()                           # so that ours sees EOF when the process dies
+        procs[conn] = proc
+        return conn
+
     def finish(conn):                                 # no more tasks for this process: it returns
         conn.close()
-        procs.pop(conn).join()
+        procs[conn].join()
+        del procs[conn]
 
-    def died(conn, task):                             # it ended without answering: killed, or os._exit
-        proc = procs.pop(conn)
+    def died(conn, task, when="finished"):            # it ended without answering: killed, or os._exit
         conn.close()
+        proc = procs[conn]
         proc.join()
+        del procs[conn]
         code = proc.exitcode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return LumosError(f"{describe(task)}: its process died ({how}) before it finished")
+        return LumosError(f"{describe(task)}: its process died ({how}) before it {when}")
 
     try:
         while queue or running:
-            while queue and len(running) < workers:
-                if idle:
-                    conn = idle.pop()
-                else:
-                    conn, theirs = ctx.Pipe()
-                    procs[conn] = ctx.Process(target=_serve, args=(theirs, fn, initializer, initargs),
-                                              daemon=True)
-                    procs[conn].start()
-                    theirs.close()                   # so that ours sees EOF when the process dies
-                task = queue.pop(0)
+            # Start every process needed before handing out tasks: a task larger than a pipe's buffer
+            # waits in send until its process has started and run `initializer`.
+            for _ in range(min(workers - len(running), len(queue)) - len(idle)):
+                idle.append(start())
+            while queue and idle and len(running) < workers:
+                conn, task = idle.pop(0), queue.pop(0)
                 try:
                     conn.send(task)
                 except OSError:                       # an idle process that was killed
-                    raise died(conn, task) from None
+                    raise died(conn, task, "started") from None
                 running[conn] = task
             for conn in wait(list(running)):
                 task = running.pop(conn)

@@ -27,3 +27,16 @@ def children(pid: int) -> list[int]:
             if fields is not None and int(fields[1]) == pid and fields[0] not in "ZX":
                 found.append((int(fields[19]), int(p.name)))       # (start time in ticks, pid)
     return [pid for _, pid in sorted(found)]
+
+
+def spawned(pid: int) -> list[int]:
+    """Live children of `pid` that run a `multiprocessing` spawn worker (not its resource tracker),
+    oldest first."""
+    found = []
+    for kid in children(pid):
+        try:
+            if b"spawn_main" in (Path("/proc") / str(kid) / "cmdline").read_bytes():
+                found.append(kid)
+        except OSError:
+            continue
+    return found

@@ -20,7 +20,7 @@ import pytest
 
 from lumos.cli import main
 from lumos.world.ablate import BUDGETS, MASK_VARIANTS, ROPE, ROPE_VARIANTS, VAL_FRAMES, frame_change
-from procs import alive, children
+from procs import alive, spawned
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -218,7 +218,7 @@ def test_killed_parent_leaves_no_worker_and_the_rerun_finishes(tmp_path, sig):
     while not (two_done() if sig == "group SIGTERM" else started()):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    workers = children(proc.pid)
+    workers = spawned(proc.pid)
     assert workers
     if sig == "group SIGTERM":
         os.killpg(proc.pid, signal.SIGTERM)

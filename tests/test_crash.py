@@ -22,7 +22,7 @@ import torch
 from lumos.train.checkpoints import list_checkpoints, step_folders
 from lumos.train.config import TrainConfig
 from lumos.train.loop import train
-from procs import alive, children
+from procs import alive, spawned
 from test_pretokenize import dataset  # noqa: F401 - the module-scoped fixture of 20 media rows
 from test_train import ROOT, TINY, losses
 
@@ -125,10 +125,11 @@ def test_sigkill_while_pruning_then_resume(tmp_path):
 
 
 SLOW_TOKENIZE = """
-import sys, time
+import os, sys, time
+from lumos.data.pretokenize import _Context
 from lumos.tokenizers.cosmos import CosmosTokenizer
 
-slow = CosmosTokenizer.encode
+slow, shard = CosmosTokenizer.encode, _Context.shard
 
 
 def encode(self, video):   # module level: runs in the spawned workers too (they import this file)
@@ -136,7 +137,15 @@ def encode(self, video):   # module level: runs in the spawned workers too (they
     return slow(self, video)
 
 
-CosmosTokenizer.encode = encode
+def gated_shard(self, k, rows, *args, **kwargs):   # the last shard waits for a file the test never makes
+    if k == 3:
+        deadline = time.time() + 120
+        while not os.path.exists(os.environ["TOKENIZE_GATE"]) and time.time() < deadline:
+            time.sleep(0.05)
+    return shard(self, k, rows, *args, **kwargs)
+
+
+CosmosTokenizer.encode, _Context.shard = encode, gated_shard
 
 if __name__ == "__main__":
     from lumos.cli import main
@@ -152,9 +161,10 @@ if __name__ == "__main__":
 def test_killed_tokenize_main_process_ends_its_workers(dataset, tmp_path, how):  # noqa: F811 - the fixture
     """(c) The main process is killed (SIGKILL) while both workers are inside a shard, or its whole
     process group is sent SIGTERM (`kill -TERM -PGID`, a batch system's cancel) while the last shard is
-    made: the main process exits (a multiprocessing.Pool hung here for good: the idle worker, killed by
-    the group signal, kept the pool's queue lock), 2 s later no worker is alive, no shard appeared after the exit (a shard takes 1.5 s here), and a
-    rerun finishes the job."""
+    made (held back until the signal) and the other worker has nothing left to do: the main process
+    exits (a multiprocessing.Pool hung here for good: its idle worker, killed by the group signal, kept
+    the pool's queue lock), 2 s later no worker is alive, no shard appears after the exit (a shard takes
+    1.25 s here), and a rerun finishes the job."""
     from lumos.data.pretokenize import pretokenize
 
     t0 = time.time()
@@ -163,17 +173,19 @@ def test_killed_tokenize_main_process_ends_its_workers(dataset, tmp_path, how): 
     out = tmp_path / "tok"
     err = tmp_path / "stderr.txt"
     with open(err, "wb") as f:
-        main = subprocess.Popen([sys.executable, str(script), str(dataset), str(out)], env=env(),
+        main = subprocess.Popen([sys.executable, str(script), str(dataset), str(out)],
+                                env={**env(), "TOKENIZE_GATE": str(tmp_path / "never")},
                                 stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
     try:
-        # SIGKILL: once the first shard is written (both workers inside one). Group SIGTERM: once 3 of the 4
-        # shards are (one worker sits idle waiting for a task: where a Pool's worker holds its queue's lock).
+        # SIGKILL: once the first shard is written (both workers inside one). Group SIGTERM: once shards 0-2
+        # are (shard 3 waits at its gate; the other worker has no task: where a Pool's worker waits holding
+        # its queue's lock).
         deadline, wanted = time.time() + 60, 1 if how == "SIGKILL" else 3
         while len(list(out.glob("shard-*"))) < wanted:
             assert main.poll() is None, err.read_text()[-3000:]
             assert time.time() < deadline, f"not {wanted} shards within 60 s"
             time.sleep(0.01)
-        workers = children(main.pid)
+        workers = spawned(main.pid)
         if how == "SIGKILL":
             main.send_signal(signal.SIGKILL)
             assert main.wait(10) == -signal.SIGKILL
@@ -185,7 +197,7 @@ def test_killed_tokenize_main_process_ends_its_workers(dataset, tmp_path, how): 
                 pytest.fail("the main process did not exit within 30 s of SIGTERM to its group")
         shards = sorted(p.name for p in out.glob("shard-*"))
         time.sleep(2)
-        assert len(workers) >= 2 and not [w for w in workers if alive(w)], workers
+        assert len(workers) >= (2 if how == "SIGKILL" else 1) and not [w for w in workers if alive(w)], workers
         time.sleep(1)                                              # past the end of the shards in progress
         assert sorted(p.name for p in out.glob("shard-*")) == shards
         assert "Traceback" not in err.read_text(), err.read_text()
@@ -226,12 +238,15 @@ def _pid_and_inits(task):
 
 def test_process_map_reuse_runs_the_initializer_once_per_process():
     """One process per task by default (each initialized once); `reuse=True`: at most `workers`
-    processes, each initialized once and given task after task; an initializer's error is raised."""
+    processes, each initialized once and given task after task (tasks of 1 MB too); an initializer's
+    error is raised."""
     from lumos.utils import process_map
     fresh = [r for _, r in process_map(_pid_and_inits, range(4), 2, initializer=_count_init)]
     assert len({pid for pid, _ in fresh}) == 4 and {n for _, n in fresh} == {1}
     reused = [r for _, r in process_map(_pid_and_inits, range(6), 2, initializer=_count_init, reuse=True)]
     assert len(reused) == 6 and len({pid for pid, _ in reused}) <= 2 and {n for _, n in reused} == {1}
+    big = [bytes(1 << 20)] * 3                       # tasks larger than a pipe's buffer
+    assert sorted(r for _, r in process_map(len, big, 2, initializer=_count_init, reuse=True)) == [1 << 20] * 3
     with pytest.raises(OSError, match="no tokenizer here"):
         list(process_map(_pid_and_inits, range(3), 2, initializer=_count_init, initargs=(True,), reuse=True))
 
@@ -245,7 +260,7 @@ def test_process_map_results_errors_and_a_killed_process():
     assert sorted(process_map(_nap_or_fail, [0.2, 0, 0.1], 2)) == [(0, 0), (0.1, 0.2), (0.2, 0.4)]
     with pytest.raises(ValueError, match="bad task -1"):
         list(process_map(_nap_or_fail, [0, -1], 1))
-    before = set(children(os.getpid()))          # spawned by earlier tests of this process, if any
+    before = set(spawned(os.getpid()))          # spawned by earlier tests of this process, if any
     runs = process_map(_nap_or_fail, [30, 60], 2, describe=lambda t: f"the {t} s nap")
     started = time.monotonic()
     with pytest.raises(LumosError, match=r"the 30 s nap: its process died \(signal 9\)"):
@@ -254,7 +269,7 @@ def test_process_map_results_errors_and_a_killed_process():
 
         def kill_the_first():           # the child that runs task 30, once it is up
             while time.monotonic() - started < 20:
-                kids = [k for k in children(me) if k not in before]
+                kids = [k for k in spawned(me) if k not in before]
                 if len(kids) >= 2:
                     time.sleep(0.5)
                     os.kill(kids[0], signal.SIGKILL)
@@ -263,6 +278,6 @@ def test_process_map_results_errors_and_a_killed_process():
         threading.Thread(target=kill_the_first, daemon=True).start()
         list(runs)
     deadline = time.monotonic() + 5
-    while set(children(os.getpid())) - before:   # the 60 s nap's process is gone too
+    while set(spawned(os.getpid())) - before:   # the 60 s nap's process is gone too
         assert time.monotonic() < deadline, "process_map left a process running"
         time.sleep(0.05)
