@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            help="prepare: records of the built-in world; export: a run as a pipeline folder; "
                                 "card: rewrite a model card")
     a = sub.add_parser("prepare", help="text tokenizer + token records of the train split",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=p.formatter_class)
     a.add_argument("--out", default="data/moving-digits", help="records folder (a rerun resumes it)")
     a.add_argument("--num-records", type=int, default=20_000, help="clips and images to render and encode")
     a.add_argument("--seed", type=int, default=0, help="seed of the rendered clips")
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                             "it) instead of training one")
     add_threads(a)
     e = sub.add_parser("export", help="a training run -> a pipeline folder (--out, or --into-package)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=p.formatter_class)
     e.add_argument("run", help="training run folder (its newest complete checkpoint is exported)")
     e.add_argument("--data", default="data/moving-digits", help="the `prepare` folder the run trained on")
     e.add_argument("--out", help="pipeline folder to write (required unless --into-package)")
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--tokenizer", default=str(ASSET / "tokenizer"), help="video tokenizer folder to ship")
     e.add_argument("--eval", help="`lumos eval` report.json whose table goes into the model card")
     c = sub.add_parser("card", help="rewrite only the model card (README.md) of an exported pipeline folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=p.formatter_class)
     c.add_argument("--model", default=str(ASSET), help="pipeline folder")
     c.add_argument("--eval", help="`lumos eval` report.json whose table goes into the card")
 
