@@ -224,6 +224,8 @@ def _serve(conn, fn, initializer, initargs) -> None:
         except Exception:                           # an exception that does not pickle: its text
             return RuntimeError(f"{type(e).__name__}: {e}")
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the parent's to handle: it ends the others
+    exit_with_parent()                             # never outlive the parent, however it ends
     failed = None
     if initializer is not None:
         try:
@@ -256,7 +258,8 @@ def process_map(fn, tasks, workers: int, *, initializer=None, initargs=(), descr
     others or this one waiting forever: a process that ends without its result raises LumosError
     ("`describe(task)`: its process died ..."), an exception of fn (or of `initializer`) is raised here
     as it was raised there. Whatever leaves this generator (^C, SIGTERM under `sigterm_interrupts`, an
-    error, the caller stopping) terminates every process still running first. fn, the tasks and
+    error, the caller stopping) terminates every process still running first, and a process ends with
+    this one even when it is SIGKILLed (`exit_with_parent`); ^C is left to this process. fn, the tasks and
     `initializer` must pickle (spawn)."""
     import multiprocessing
     from multiprocessing.connection import wait

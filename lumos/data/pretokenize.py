@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import signal
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from tqdm import tqdm
 
 from lumos import media
 from lumos.data.records import build_index, list_shards, read_shard_meta, shard_name, write_shard
-from lumos.utils import (LumosError, atomic_write_json, check_output, exit_with_parent, file_sha256, process_map,
+from lumos.utils import (LumosError, atomic_write_json, check_output, file_sha256, process_map,
                          sigterm_interrupts)
 from lumos.vocab import VIDEO_PROMPT, Vocab, video_prompt
 
@@ -262,8 +261,6 @@ _WORKER: _Context | None = None
 
 def _init_worker(cfg: TokenizeConfig, plan: dict, threads: int) -> None:
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the others
-    exit_with_parent()
     torch.set_num_threads(threads)
     _WORKER = _Context(cfg, plan)                  # an error here is raised by the main process
 

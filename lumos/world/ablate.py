@@ -69,7 +69,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -79,7 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lumos.utils import (LumosError, atomic_write, atomic_write_json, check_output, exit_with_parent, process_map,
+from lumos.utils import (LumosError, atomic_write, atomic_write_json, check_output, process_map,
                          sigterm_interrupts)
 from lumos.world.evaluate import RATES, pct
 
@@ -335,8 +334,6 @@ def train_variant(out: Path, data: Path, val: Path, budget: Budget, settings: di
 
 # ------------------------------------------------------------------------------------------ side by side
 def _worker_init(threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C is the main process's to handle: it ends the others
-    exit_with_parent()
     import torch
     torch.set_num_threads(threads)
 
@@ -368,7 +365,7 @@ def _run_side_by_side(jobs: int, threads: int | None, pending: list, train_args,
     run (`lumos.utils.process_map`; `train_args`: `train_variant`'s out, data, val, budget); `save(item,
     result, seconds)` each as it finishes. ^C, SIGTERM (to this process or its whole group), a failed
     or killed run end the others (a rerun resumes them from their checkpoints); a killed parent takes
-    its workers with it (`exit_with_parent`)."""
+    its workers with it (`process_map`)."""
     import torch
     out = train_args[0]
     workers = min(jobs, len(pending))
