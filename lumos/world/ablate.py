@@ -54,14 +54,13 @@ One ablation at a time per folder: a second `lumos ablate` on the same OUT is re
 
 Side by side (`jobs` > 1, trained suites): the unfinished (variant, seed) runs go to up to `jobs` processes
 at once, one per run (`lumos.utils.process_map`: spawned, `threads` torch threads each; default: this
-process's threads split between them), each writing
-its output to OUT/logs/VARIANT-seedS.log; at one thread count the results do not depend on `jobs` (each
-run has its own seed, data order and folder; only the seconds per video, timed on a shared CPU, do).
-Another thread count or CPU rounds floats differently, and 600 steps of training can carry that into a
-visibly different run (docs/ablations.md, rope: up to 0.07 nats of validation loss). ^C, SIGTERM (to this process or to its whole group), a failed run or a killed worker end
-every worker (a rerun resumes their runs from their checkpoints), and a worker never outlives a killed
-parent. The sampled suites run one variant at a
-time: they time their videos.
+process's threads split between them), each writing its output to OUT/logs/VARIANT-seedS.log; at one thread
+count the results do not depend on `jobs` (each run has its own seed, data order and folder; only the
+seconds per video, timed on a shared CPU, do). Another thread count or CPU rounds floats differently, and
+600 steps of training can carry that into a visibly different run (docs/ablations.md, rope: up to 0.07 nats
+of validation loss). ^C, SIGTERM (to this process or to its whole group), a failed run or a killed worker
+end every worker (a rerun resumes their runs from their checkpoints), and a worker never outlives a killed
+parent. The sampled suites run one variant at a time: they time their videos.
 """
 
 from __future__ import annotations
